@@ -1,1 +1,130 @@
-"""async-batch-llm."""
+"""async-batch-llm: run thousands of LLM calls concurrently, safely and observably.
+
+Queue :class:`LLMWorkItem` objects on a :class:`ParallelBatchProcessor` and run them with
+:meth:`~ParallelBatchProcessor.process_all`; each item's :class:`LLMCallStrategy` makes the
+call. Retries, shared rate-limit cooldowns, token accounting, middleware and observers are
+handled by the processor.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TypeVar
+
+from async_batch_llm import (
+    base,
+    classifiers,
+    core,
+    llm_strategies,
+    middleware,
+    observers,
+    parallel,
+    strategies,
+    testing,
+    token_extractor,
+)
+from async_batch_llm.base import (
+    BatchProcessor,
+    BatchResult,
+    LLMResponse,
+    LLMWorkItem,
+    PostProcessorFunc,
+    ProcessingStats,
+    ProgressCallbackFunc,
+    RetryState,
+    TokenUsage,
+    WorkItemResult,
+)
+from async_batch_llm.core import LLMModel, ManagedLLMModel
+from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig, RetryConfig
+from async_batch_llm.llm_strategies import LLMCallStrategy
+from async_batch_llm.middleware import BaseMiddleware, Middleware
+from async_batch_llm.observers import (
+    BaseObserver,
+    MetricsObserver,
+    ProcessingEvent,
+    ProcessorObserver,
+)
+from async_batch_llm.parallel import ParallelBatchProcessor
+from async_batch_llm.strategies import (
+    DefaultErrorClassifier,
+    ErrorClassifier,
+    ErrorInfo,
+    ExponentialBackoffStrategy,
+    FixedDelayStrategy,
+    FrameworkTimeoutError,
+    RateLimitStrategy,
+    TokenTrackingError,
+)
+
+try:
+    __version__ = version("async-batch-llm")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+dev"
+
+_T = TypeVar("_T")
+
+#: ``ParallelBatchProcessor`` for string prompts and no context: ``SimpleBatchProcessor[Out]``.
+SimpleBatchProcessor = ParallelBatchProcessor[str, _T, None]
+#: ``LLMWorkItem`` for string prompts and no context: ``SimpleWorkItem[Out](item_id=..., ...)``.
+SimpleWorkItem = LLMWorkItem[str, _T, None]
+#: ``WorkItemResult`` without context.
+SimpleResult = WorkItemResult[_T, None]
+
+__all__ = [
+    # data types
+    "BatchProcessor",
+    "BatchResult",
+    "LLMWorkItem",
+    "PostProcessorFunc",
+    "ProcessingStats",
+    "ProgressCallbackFunc",
+    "RetryState",
+    "TokenUsage",
+    "WorkItemResult",
+    # configuration
+    "ProcessorConfig",
+    "RateLimitConfig",
+    "RetryConfig",
+    # strategies and models
+    "LLMCallStrategy",
+    "LLMModel",
+    "LLMResponse",
+    "ManagedLLMModel",
+    # errors and classification
+    "ErrorClassifier",
+    "ErrorInfo",
+    "DefaultErrorClassifier",
+    "FrameworkTimeoutError",
+    "TokenTrackingError",
+    # rate limiting
+    "RateLimitStrategy",
+    "ExponentialBackoffStrategy",
+    "FixedDelayStrategy",
+    # extension points
+    "Middleware",
+    "BaseMiddleware",
+    "ProcessorObserver",
+    "BaseObserver",
+    "MetricsObserver",
+    "ProcessingEvent",
+    # processors and aliases
+    "ParallelBatchProcessor",
+    "SimpleBatchProcessor",
+    "SimpleWorkItem",
+    "SimpleResult",
+]
+
+# Submodules are attributes of the package (``async_batch_llm.models``-style access).
+_SUBMODULES = (
+    base,
+    classifiers,
+    core,
+    llm_strategies,
+    middleware,
+    observers,
+    parallel,
+    strategies,
+    testing,
+    token_extractor,
+)

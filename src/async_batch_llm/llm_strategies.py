@@ -14,7 +14,7 @@ from async_batch_llm.base import RetryState, TokenUsage
 try:
     from pydantic_ai import Agent
 except ImportError:  # pydantic-ai is an optional extra
-    Agent = Any  # type: ignore[assignment,misc]
+    Agent = Any  # type: ignore[assignment,misc,unused-ignore]
 
 TOutput = TypeVar("TOutput")
 
@@ -30,7 +30,7 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
     :meth:`cleanup` once per prepared instance when the processor shuts down.
     """
 
-    async def prepare(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op
+    async def prepare(self) -> None:
         """Set up shared resources (a client, a provider cache). Called once per instance."""
 
     @abstractmethod
@@ -50,10 +50,10 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
         :class:`~async_batch_llm.TokenTrackingError` from it).
         """
 
-    async def cleanup(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op
+    async def cleanup(self) -> None:
         """Release what :meth:`prepare` set up. Called once per prepared instance."""
 
-    async def on_error(  # noqa: B027 - optional hook, deliberately a no-op
+    async def on_error(
         self, exception: Exception, attempt: int, state: RetryState | None = None
     ) -> None:
         """Observe a failed attempt before it is classified and retried (or not)."""

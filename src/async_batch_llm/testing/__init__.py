@@ -1,0 +1,7 @@
+"""Fakes for testing code built on async-batch-llm without calling a model."""
+
+from __future__ import annotations
+
+from async_batch_llm.testing.mocks import MockAgent, MockResult
+
+__all__ = ["MockAgent", "MockResult"]

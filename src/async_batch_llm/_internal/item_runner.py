@@ -1,0 +1,421 @@
+"""Run one work item to its final result: attempts, retries, rate limits, tokens, events.
+
+The retry policy:
+
+* success ends the item;
+* a rate-limit error waits for the shared cooldown and is retried without using one of
+  ``retry.max_attempts`` (bounded by ``rate_limit.max_rate_limit_retries``);
+* another retryable error is retried after a backoff (none for validation errors) until
+  ``retry.max_attempts`` attempts have failed;
+* a permanent error fails the item at once (middleware ``on_error`` may supply a result).
+
+Tokens of every failed attempt are summed into the failed result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from async_batch_llm._internal.deadline import AttemptDeadline
+from async_batch_llm._internal.retry_hints import retry_after_seconds
+from async_batch_llm._internal.retry_policy import RetryPolicy
+from async_batch_llm.base import RetryState, TokenUsage, WorkItemResult
+from async_batch_llm.observers.base import ProcessingEvent
+from async_batch_llm.strategies.errors import FrameworkTimeoutError
+from async_batch_llm.token_extractor import TokenExtractor
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
+
+    from async_batch_llm._internal.event_dispatcher import EventDispatcher
+    from async_batch_llm._internal.rate_limit_coordinator import RateLimitCoordinator
+    from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
+    from async_batch_llm.base import LLMWorkItem
+    from async_batch_llm.core.config import ProcessorConfig
+    from async_batch_llm.strategies.errors import ErrorClassifier, ErrorInfo
+
+__all__ = [
+    "ERROR_MESSAGE_DETAILED_LENGTH",
+    "ERROR_MESSAGE_MAX_LENGTH",
+    "ItemRunner",
+    "SKIPPED_ERROR",
+    "error_text",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Error text length in results of items that failed after retries (or before any attempt).
+ERROR_MESSAGE_MAX_LENGTH = 200
+#: Error text length in results of items that failed with a permanent error.
+ERROR_MESSAGE_DETAILED_LENGTH = 500
+#: The error text of an item whose ``before_process`` middleware returned ``None``.
+SKIPPED_ERROR = "Skipped by middleware"
+
+_FAILED_USAGE_ATTR = "_failed_token_usage"
+
+
+def error_text(exc: BaseException, limit: int) -> str:
+    """``"<ExceptionClass>: <message>"`` with the message cut to ``limit`` characters."""
+    return f"{type(exc).__name__}: {str(exc)[:limit]}"
+
+
+def _zero_usage() -> dict[str, int]:
+    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_input_tokens": 0}
+
+
+def attach_failed_usage(exc: BaseException, usage: dict[str, int]) -> None:
+    """Record the item's summed tokens on the exception it fails with.
+
+    The ``_failed_token_usage`` attribute is the convention of the 0.7.2 API: strategies set
+    it for their own failed calls and callers of ``_process_item_with_retries`` read it.
+    """
+    if hasattr(exc, "__dict__"):
+        exc.__dict__[_FAILED_USAGE_ATTR] = usage
+
+
+def failed_usage_of(exc: BaseException) -> TokenUsage:
+    """The usage recorded on ``exc`` by :func:`attach_failed_usage` or a strategy, else ``{}``."""
+    usage = getattr(exc, "__dict__", {}).get(_FAILED_USAGE_ATTR)
+    return usage if isinstance(usage, dict) else {}  # type: ignore[return-value]
+
+
+class ItemRunner:
+    """Turns one :class:`LLMWorkItem` into exactly one :class:`WorkItemResult`.
+
+    The collaborators are public attributes so the processor can swap them (e.g. when a user
+    assigns ``processor.error_classifier``).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ProcessorConfig,
+        classifier: ErrorClassifier,
+        dispatcher: EventDispatcher,
+        coordinator: RateLimitCoordinator,
+        lifecycle: StrategyLifecycle,
+        limiter: AsyncLimiter | None,
+        count_rate_limit: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.dispatcher = dispatcher
+        self.coordinator = coordinator
+        self.lifecycle = lifecycle
+        self.limiter = limiter
+        self.retry_policy = RetryPolicy(config.retry)
+        self.token_extractor = TokenExtractor()
+        self._count_rate_limit = count_rate_limit
+
+    async def run(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        worker_id: int,
+        deadline: AttemptDeadline | None = None,
+        *,
+        raise_on_failure: bool = False,
+    ) -> WorkItemResult[Any, Any]:
+        """Attempt ``item`` until it succeeds, is skipped, or fails; return its one result.
+
+        Errors become a failed result. With ``raise_on_failure`` (the 0.7.2
+        ``_process_item_with_retries`` contract) the last error is raised instead when
+        retries are exhausted, the rate-limit retry bound is passed or ``prepare()`` fails;
+        it then carries the item's summed tokens (see :func:`attach_failed_usage`).
+        Cancellation always propagates.
+        """
+        strategy = item.strategy
+        try:
+            if not self.lifecycle.is_prepared(strategy):
+                await self._prepare(item, strategy)
+            state = RetryState()
+            generation = self.coordinator.generation
+            try:
+                # The first attempt runs here rather than in the loop below: most items
+                # succeed at once, and this keeps them one call frame shorter.
+                return await self.attempt(item, worker_id, 1, strategy, state, deadline)
+            except Exception as exc:
+                return await self._retry(
+                    item, worker_id, strategy, state, deadline, exc, generation
+                )
+        except Exception as exc:
+            if raise_on_failure:
+                raise
+            return await self.fail(item, exc)
+
+    async def fail(
+        self, item: LLMWorkItem[Any, Any, Any], exc: Exception
+    ) -> WorkItemResult[Any, Any]:
+        """The result of an item whose attempts ended in ``exc`` (retries exhausted, etc.)."""
+        logger.error("Item %s failed: %s", item.item_id, error_text(exc, ERROR_MESSAGE_MAX_LENGTH))
+        result: WorkItemResult[Any, Any] | None = None
+        if self.dispatcher.middlewares:
+            result = await self.dispatcher.on_error(item, exc)
+        if result is None:
+            result = WorkItemResult(
+                item_id=item.item_id,
+                success=False,
+                error=error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
+                context=item.context,
+                token_usage=failed_usage_of(exc),
+            )
+        if not result.success:
+            await self._emit_failed(result.item_id, type(exc).__name__)
+        return result
+
+    async def _prepare(self, item: LLMWorkItem[Any, Any, Any], strategy: Any) -> None:
+        try:
+            await self.lifecycle.ensure_prepared(strategy)
+        except Exception as exc:
+            logger.error(
+                "prepare() of strategy %s failed for item %s: %s",
+                type(strategy).__name__,
+                item.item_id,
+                exc,
+            )
+            raise
+
+    async def _retry(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        worker_id: int,
+        strategy: Any,
+        state: RetryState,
+        deadline: AttemptDeadline | None,
+        exc: Exception,
+        generation: int,
+    ) -> WorkItemResult[Any, Any]:
+        """Handle the failure ``exc`` of attempt 1 and run further attempts as the policy says."""
+        coordinator = self.coordinator
+        cumulative = _zero_usage()
+        attempt = 1
+        failures = 0
+        rate_limit_retries = 0
+        while True:
+            TokenExtractor.accumulate(cumulative, self.token_extractor.extract_from_exception(exc))
+            await self._call_on_error(strategy, exc, attempt, state)
+            info = self.classifier.classify(exc)
+            if info.is_rate_limit:
+                await self._wait_out_rate_limit(item, worker_id, generation, exc)
+                if rate_limit_retries >= self.config.rate_limit.max_rate_limit_retries:
+                    logger.error(
+                        "Item %s still rate limited after %d retries; giving up",
+                        item.item_id,
+                        rate_limit_retries,
+                    )
+                    attach_failed_usage(exc, cumulative)
+                    raise exc
+                rate_limit_retries += 1
+            elif info.is_retryable:
+                failures += 1
+                if failures >= self.config.retry.max_attempts:
+                    attach_failed_usage(exc, cumulative)
+                    raise exc
+                await self._back_off(item, exc, info, failures)
+            else:
+                return await self._permanent_failure(item, exc, cumulative)
+            attempt += 1
+            generation = coordinator.generation
+            try:
+                return await self.attempt(item, worker_id, attempt, strategy, state, deadline)
+            except Exception as next_exc:
+                exc = next_exc
+
+    async def attempt(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        worker_id: int,
+        attempt_number: int,
+        strategy: Any,
+        state: RetryState | None,
+        deadline: AttemptDeadline | None = None,
+    ) -> WorkItemResult[Any, Any]:
+        """One call of the strategy: middleware, limiter, deadline, success events.
+
+        Returns the success (or middleware-skip) result; raises the attempt's error.
+        """
+        dispatcher = self.dispatcher
+        observed = bool(dispatcher.observers)
+        start = time.monotonic()
+        if observed:
+            await dispatcher.emit(
+                ProcessingEvent.ITEM_STARTED, {"item_id": item.item_id, "worker_id": worker_id}
+            )
+        work_item = item
+        if dispatcher.middlewares:
+            prepared_item = await dispatcher.before_process(item)
+            if prepared_item is None:
+                await self._emit_failed(item.item_id, "Skipped")
+                return WorkItemResult(
+                    item_id=item.item_id, success=False, error=SKIPPED_ERROR, context=item.context
+                )
+            work_item = prepared_item
+
+        config = self.config
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        if config.dry_run:
+            output, usage = await strategy.dry_run(work_item.prompt)
+        elif deadline is not None:
+            timeout = config.timeout_per_item
+            deadline.arm(timeout)
+            try:
+                output, usage = await strategy.execute(
+                    work_item.prompt, attempt_number, timeout, state
+                )
+            except asyncio.CancelledError as exc:
+                if deadline.disarm():
+                    raise self._timeout_error(work_item, start, exc) from exc
+                raise
+            deadline.disarm()
+        else:
+            timeout = config.timeout_per_item
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    output, usage = await strategy.execute(
+                        work_item.prompt, attempt_number, timeout, state
+                    )
+            except TimeoutError as exc:
+                if scope.expired():
+                    raise self._timeout_error(work_item, start, exc) from exc
+                raise
+
+        result: WorkItemResult[Any, Any] = WorkItemResult(
+            item_id=work_item.item_id,
+            success=True,
+            output=output,
+            context=work_item.context,
+            token_usage=usage,
+        )
+        if dispatcher.middlewares:
+            result = await dispatcher.after_process(result)
+        if observed:
+            await dispatcher.emit(
+                ProcessingEvent.ITEM_COMPLETED,
+                {
+                    "item_id": work_item.item_id,
+                    "duration": time.monotonic() - start,
+                    "tokens": usage.get("total_tokens", 0) if usage else 0,
+                },
+            )
+        if self.coordinator.consecutive:
+            self.coordinator.record_success()
+        return result
+
+    async def attempt_with_error_handling(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        worker_id: int,
+        attempt_number: int,
+        strategy: Any,
+        state: RetryState | None,
+    ) -> WorkItemResult[Any, Any]:
+        """One attempt whose error is handled as in a retry loop, minus the retry.
+
+        A permanent error becomes a failed result; a rate limit waits for the cooldown and
+        is re-raised; another retryable error is re-raised.
+        """
+        generation = self.coordinator.generation
+        try:
+            return await self.attempt(item, worker_id, attempt_number, strategy, state)
+        except Exception as exc:
+            await self._call_on_error(strategy, exc, attempt_number, state)
+            info = self.classifier.classify(exc)
+            if info.is_rate_limit:
+                await self._wait_out_rate_limit(item, worker_id, generation, exc)
+                raise
+            if info.is_retryable:
+                raise
+            usage = self.token_extractor.extract_from_exception(exc)
+            return await self._permanent_failure(item, exc, usage)
+
+    @staticmethod
+    async def _call_on_error(
+        strategy: Any, exc: Exception, attempt: int, state: RetryState | None
+    ) -> None:
+        try:
+            await strategy.on_error(exc, attempt, state)
+        except Exception as hook_exc:
+            logger.warning(
+                "on_error() of strategy %s raised %r; ignored", type(strategy).__name__, hook_exc
+            )
+
+    def _timeout_error(
+        self, item: LLMWorkItem[Any, Any, Any], start: float, cause: BaseException
+    ) -> FrameworkTimeoutError:
+        elapsed = time.monotonic() - start
+        limit = self.config.timeout_per_item
+        error = FrameworkTimeoutError(
+            f"Attempt for item {item.item_id!r} exceeded timeout_per_item "
+            f"({elapsed:.1f}s elapsed, limit {limit}s)",
+            item_id=item.item_id,
+            elapsed=elapsed,
+            timeout_limit=limit,
+        )
+        usage = getattr(cause, "__dict__", {}).get(_FAILED_USAGE_ATTR)
+        if usage is not None:
+            error.__dict__[_FAILED_USAGE_ATTR] = usage
+        return error
+
+    async def _wait_out_rate_limit(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        worker_id: int,
+        generation: int,
+        exc: Exception,
+    ) -> None:
+        self._count_rate_limit()
+        if self.dispatcher.observers:
+            await self.dispatcher.emit(
+                ProcessingEvent.RATE_LIMIT_HIT, {"item_id": item.item_id, "worker_id": worker_id}
+            )
+        await self.coordinator.handle_rate_limit(
+            worker_id, observed_generation=generation, retry_after=retry_after_seconds(exc)
+        )
+
+    async def _back_off(
+        self, item: LLMWorkItem[Any, Any, Any], exc: Exception, info: ErrorInfo, failures: int
+    ) -> None:
+        wait = self.retry_policy.wait_for(exc, info, failures)
+        logger.warning(
+            "Item %s attempt %d/%d failed (%s); retrying in %.2fs",
+            item.item_id,
+            failures,
+            self.config.retry.max_attempts,
+            error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
+            wait,
+        )
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _permanent_failure(
+        self, item: LLMWorkItem[Any, Any, Any], exc: Exception, cumulative: dict[str, int]
+    ) -> WorkItemResult[Any, Any]:
+        result: WorkItemResult[Any, Any] | None = None
+        if self.dispatcher.middlewares:
+            result = await self.dispatcher.on_error(item, exc)
+        if result is None:
+            logger.error(
+                "Item %s failed permanently: %s",
+                item.item_id,
+                error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
+            )
+            result = WorkItemResult(
+                item_id=item.item_id,
+                success=False,
+                error=error_text(exc, ERROR_MESSAGE_DETAILED_LENGTH),
+                context=item.context,
+                token_usage=cast("TokenUsage", cumulative),
+            )
+        if not result.success:
+            await self._emit_failed(result.item_id, type(exc).__name__)
+        return result
+
+    async def _emit_failed(self, item_id: str, error_type: str) -> None:
+        if self.dispatcher.observers:
+            await self.dispatcher.emit(
+                ProcessingEvent.ITEM_FAILED, {"item_id": item_id, "error_type": error_type}
+            )

@@ -1,0 +1,43 @@
+"""Observers: read-only listeners for what happens inside a batch."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import Enum
+from typing import Any
+
+__all__ = ["BaseObserver", "ProcessingEvent", "ProcessorObserver"]
+
+
+class ProcessingEvent(Enum):
+    """The events a processor reports to its observers."""
+
+    ITEM_STARTED = "item_started"
+    ITEM_COMPLETED = "item_completed"
+    ITEM_FAILED = "item_failed"
+    RATE_LIMIT_HIT = "rate_limit_hit"
+    COOLDOWN_STARTED = "cooldown_started"
+    COOLDOWN_ENDED = "cooldown_ended"
+    WORKER_STARTED = "worker_started"
+    WORKER_STOPPED = "worker_stopped"
+    BATCH_STARTED = "batch_started"
+    BATCH_COMPLETED = "batch_completed"
+
+
+class ProcessorObserver(ABC):
+    """Interface of an observer; subclass :class:`BaseObserver` for a no-op default.
+
+    Observers are called one after another, each with a time limit; one that raises or
+    overruns is logged and skipped without affecting the batch.
+    """
+
+    @abstractmethod
+    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+        """Handle ``event``; ``data`` holds the event's payload and is shared by all observers."""
+
+
+class BaseObserver(ProcessorObserver):
+    """An observer that ignores every event."""
+
+    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+        """Do nothing."""

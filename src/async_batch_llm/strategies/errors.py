@@ -1,0 +1,228 @@
+"""Framework exceptions and error classification.
+
+Exceptions raised by the framework itself::
+
+    Exception
+    └── TokenTrackingError        a failure that still cost tokens (carries the usage)
+    TimeoutError
+    └── FrameworkTimeoutError     the framework's own per-attempt deadline expired
+
+An :class:`ErrorClassifier` turns any exception raised by a strategy into an
+:class:`ErrorInfo` that tells the processor whether to retry, cool down, or give up.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from async_batch_llm.base import TokenUsage
+
+__all__ = [
+    "TokenTrackingError",
+    "FrameworkTimeoutError",
+    "ErrorInfo",
+    "ErrorClassifier",
+    "DefaultErrorClassifier",
+    "RATE_LIMIT_PATTERNS",
+    "DEFAULT_RATE_LIMIT_WAIT",
+]
+
+#: Lower-case substrings that mark an error message as a rate limit.
+RATE_LIMIT_PATTERNS: Final[tuple[str, ...]] = ("429", "resource_exhausted", "quota", "rate limit")
+
+#: Seconds suggested as the wait after a rate limit (``ErrorInfo.suggested_wait``).
+DEFAULT_RATE_LIMIT_WAIT: Final[float] = 300.0
+
+# Exception types that signal a bug in the caller's code: retrying cannot fix them.
+_LOGIC_ERROR_TYPES: Final[tuple[type[Exception], ...]] = (
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    NameError,
+    ZeroDivisionError,
+    AssertionError,
+)
+
+
+class TokenTrackingError(Exception):
+    """A failed call that still consumed tokens.
+
+    Strategies raise it (chained ``from`` the original error) so that the tokens spent on
+    a failed attempt are counted in the item's usage.
+
+    Args:
+        message: The error message; ``str(error) == message``.
+        token_usage: Tokens consumed by the failed call; ``{}`` when not given.
+    """
+
+    def __init__(
+        self, message: str, *, token_usage: TokenUsage | dict[str, int] | None = None
+    ) -> None:
+        super().__init__(message)
+        self._failed_token_usage: TokenUsage | dict[str, int] = token_usage or {}
+
+    @property
+    def token_usage(self) -> TokenUsage | dict[str, int]:
+        """Tokens consumed by the failed call."""
+        return self._failed_token_usage
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The constructor takes keyword-only arguments, which the default exception
+        # pickling (``cls(*args)``) cannot pass; the state dict carries any extra attributes.
+        rebuild = functools.partial(type(self), token_usage=self._failed_token_usage)
+        return (rebuild, self.args, dict(self.__dict__))
+
+
+class FrameworkTimeoutError(TimeoutError):
+    """The framework's per-attempt deadline (``ProcessorConfig.timeout_per_item``) expired.
+
+    Distinguishes the framework's own timeout from a ``TimeoutError`` raised by a provider.
+
+    Args:
+        message: The error message.
+        item_id: The work item whose attempt timed out.
+        elapsed: Seconds the attempt ran before it was stopped.
+        timeout_limit: The deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        item_id: str | None = None,
+        elapsed: float | None = None,
+        timeout_limit: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.item_id = item_id
+        self.elapsed = elapsed
+        self.timeout_limit = timeout_limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild = functools.partial(
+            type(self),
+            item_id=self.item_id,
+            elapsed=self.elapsed,
+            timeout_limit=self.timeout_limit,
+        )
+        return (rebuild, self.args, dict(self.__dict__))
+
+
+@dataclass
+class ErrorInfo:
+    """How the processor should treat one error.
+
+    Attributes:
+        is_retryable: Whether another attempt may succeed.
+        is_rate_limit: Whether the error is a rate limit (triggers the shared cooldown).
+        is_timeout: Whether the error is a timeout.
+        error_category: A short label such as ``"rate_limit"`` or ``"logic_error"``.
+        suggested_wait: Seconds to wait before retrying, when the classifier has a view.
+    """
+
+    is_retryable: bool
+    is_rate_limit: bool
+    is_timeout: bool
+    error_category: str
+    suggested_wait: float | None = None
+
+
+class ErrorClassifier(ABC):
+    """Decides how the processor treats an exception raised by a strategy.
+
+    ``classify`` is called several times for one error, so it must be pure and
+    deterministic.
+    """
+
+    @abstractmethod
+    def classify(self, exception: Exception) -> ErrorInfo:
+        """Return how ``exception`` should be handled."""
+
+
+class DefaultErrorClassifier(ErrorClassifier):
+    """A provider-neutral classifier; the first matching rule wins.
+
+    1. A rate-limit phrase (:data:`RATE_LIMIT_PATTERNS`) in the message: rate limit.
+    2. :class:`FrameworkTimeoutError`: retryable framework timeout.
+    3. ``TimeoutError`` or ``"timeout"`` in the message: retryable API timeout.
+    4. ``ConnectionError`` or ``"connection"`` in the message: retryable connection error.
+    5. ``pydantic.ValidationError``: retryable validation error.
+    6. ``ValueError``, ``TypeError`` and other bug-like types: permanent logic error.
+    7. Anything else: retryable, category ``"unknown"``.
+    """
+
+    def classify(self, exception: Exception) -> ErrorInfo:
+        """Return how ``exception`` should be handled, by the rules in the class docstring."""
+        msg = _message_of(exception).lower()
+        if self._matches_rate_limit(msg):
+            return ErrorInfo(
+                is_retryable=True,
+                is_rate_limit=True,
+                is_timeout=False,
+                error_category="rate_limit",
+                suggested_wait=DEFAULT_RATE_LIMIT_WAIT,
+            )
+        if isinstance(exception, FrameworkTimeoutError):
+            return ErrorInfo(
+                is_retryable=True,
+                is_rate_limit=False,
+                is_timeout=True,
+                error_category="framework_timeout",
+            )
+        if isinstance(exception, TimeoutError) or "timeout" in msg:
+            return ErrorInfo(
+                is_retryable=True,
+                is_rate_limit=False,
+                is_timeout=True,
+                error_category="api_timeout",
+            )
+        if isinstance(exception, ConnectionError) or "connection" in msg:
+            return ErrorInfo(
+                is_retryable=True,
+                is_rate_limit=False,
+                is_timeout=False,
+                error_category="connection_error",
+            )
+        # Checked before the logic-error types: pydantic's ValidationError is a ValueError.
+        if isinstance(exception, ValidationError):
+            return ErrorInfo(
+                is_retryable=True,
+                is_rate_limit=False,
+                is_timeout=False,
+                error_category="validation_error",
+            )
+        if isinstance(exception, _LOGIC_ERROR_TYPES):
+            return ErrorInfo(
+                is_retryable=False,
+                is_rate_limit=False,
+                is_timeout=False,
+                error_category="logic_error",
+            )
+        return ErrorInfo(
+            is_retryable=True,
+            is_rate_limit=False,
+            is_timeout=False,
+            error_category="unknown",
+        )
+
+    @staticmethod
+    def _matches_rate_limit(error_str: str) -> bool:
+        """Whether ``error_str`` contains a rate-limit phrase (case-insensitive)."""
+        lowered = error_str.lower()
+        return any(pattern in lowered for pattern in RATE_LIMIT_PATTERNS)
+
+
+def _message_of(exception: BaseException) -> str:
+    # A broken ``__str__`` must not turn classification into a second failure; the type
+    # rules still apply to such an exception.
+    try:
+        return str(exception)
+    except Exception:
+        return ""
