@@ -345,7 +345,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             )
             raise RuntimeError(msg)
         candidate: object = work_item
-        if candidate is None or not (
+        if not isinstance(candidate, LLMWorkItem) and not (
             hasattr(candidate, "item_id") and hasattr(candidate, "strategy")
         ):
             msg = f"add_work() expects an LLMWorkItem, got {type(work_item).__name__}"

@@ -129,7 +129,7 @@ class ItemRunner:
         """
         strategy = item.strategy
         try:
-            if not self.lifecycle.is_prepared(strategy):
+            if id(strategy) not in self.lifecycle.prepared_ids:
                 await self._prepare(item, strategy)
             state = RetryState()
             generation = self.coordinator.generation
@@ -258,14 +258,12 @@ class ItemRunner:
         if self.limiter is not None:
             await self.limiter.acquire()
         if config.dry_run:
-            output, usage = await strategy.dry_run(work_item.prompt)
+            returned = await strategy.dry_run(work_item.prompt)
         elif deadline is not None:
             timeout = config.timeout_per_item
             deadline.arm(timeout)
             try:
-                output, usage = await strategy.execute(
-                    work_item.prompt, attempt_number, timeout, state
-                )
+                returned = await strategy.execute(work_item.prompt, attempt_number, timeout, state)
             except asyncio.CancelledError as exc:
                 if deadline.disarm():
                     raise self._timeout_error(work_item, start, exc) from exc
@@ -275,20 +273,25 @@ class ItemRunner:
             timeout = config.timeout_per_item
             try:
                 async with asyncio.timeout(timeout) as scope:
-                    output, usage = await strategy.execute(
+                    returned = await strategy.execute(
                         work_item.prompt, attempt_number, timeout, state
                     )
             except TimeoutError as exc:
                 if scope.expired():
                     raise self._timeout_error(work_item, start, exc) from exc
                 raise
+        try:
+            output, usage = returned
+        except (TypeError, ValueError):
+            msg = (
+                f"{type(strategy).__name__}.{'dry_run' if config.dry_run else 'execute'}() "
+                f"must return a tuple (output, token_usage), got {type(returned).__name__}"
+            )
+            raise TypeError(msg) from None
 
+        # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(
-            item_id=work_item.item_id,
-            success=True,
-            output=output,
-            context=work_item.context,
-            token_usage=usage,
+            work_item.item_id, True, output, None, work_item.context, usage
         )
         if dispatcher.middlewares:
             result = await dispatcher.after_process(result)

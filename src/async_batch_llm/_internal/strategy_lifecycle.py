@@ -21,6 +21,8 @@ class StrategyLifecycle:
 
     def __init__(self) -> None:
         self._prepared: dict[int, Any] = {}
+        #: ``id()`` of every prepared instance (read on the hot path, so a plain set view).
+        self.prepared_ids = self._prepared.keys()
         self._needs_cleanup: dict[int, Any] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
