@@ -177,3 +177,33 @@ async def run_batch(
 def noop(*_args: Any) -> None:
     """A callable that does nothing (for callbacks that must exist)."""
 
+
+class SleepRecorder:
+    """Stands in for ``asyncio.sleep`` in one module: records each delay, then yields once.
+
+    Install it with :meth:`install` to see exactly which waits the code under test asked for
+    without spending them.
+    """
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._real_sleep = asyncio.sleep
+
+    async def __call__(self, delay: float, result: Any = None) -> Any:
+        self.delays.append(delay)
+        await self._real_sleep(0)
+        return result
+
+    def install(self, monkeypatch: Any, module: Any) -> SleepRecorder:
+        """Replace ``module.asyncio`` with a view of asyncio whose ``sleep`` is this recorder."""
+        real = module.asyncio
+        recorder = self
+
+        class _AsyncioView:
+            def __getattr__(self, name: str) -> Any:
+                if name == "sleep":
+                    return recorder
+                return getattr(real, name)
+
+        monkeypatch.setattr(module, "asyncio", _AsyncioView())
+        return self

@@ -129,7 +129,7 @@ class ParallelBatchProcessor(
             has_listeners=lambda: bool(dispatcher.observers),
         )
         self._lifecycle = StrategyLifecycle()
-        self._proactive_rate_limiter: AsyncLimiter | None = (
+        limiter: AsyncLimiter | None = (
             AsyncLimiter(max_rate=config.max_requests_per_minute, time_period=60)
             if config.max_requests_per_minute
             else None
@@ -142,7 +142,7 @@ class ParallelBatchProcessor(
             dispatcher=dispatcher,
             coordinator=self._coordinator,
             lifecycle=self._lifecycle,
-            limiter=self._proactive_rate_limiter,
+            limiter=limiter,
             count_rate_limit=self._count_rate_limit,
         )
         self._token_extractor = TokenExtractor()
@@ -329,6 +329,15 @@ class ParallelBatchProcessor(
     @property
     def _rate_limit_event(self) -> asyncio.Event:
         return self._coordinator.resume_event
+
+    @property
+    def _proactive_rate_limiter(self) -> AsyncLimiter | None:
+        return self._runner.limiter
+
+    @_proactive_rate_limiter.setter
+    def _proactive_rate_limiter(self, limiter: AsyncLimiter | None) -> None:
+        # Tests and subclasses swap in their own limiter; the runner must use it.
+        self._runner.limiter = limiter
 
     @property
     def _in_cooldown(self) -> bool:

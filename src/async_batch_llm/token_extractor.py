@@ -93,8 +93,20 @@ def _extract(exception: BaseException) -> dict[str, int]:
 
 
 def _resolve(usage: object) -> object:
-    # SDKs expose usage either as a method (``result.usage()``) or as a property.
-    return usage() if callable(usage) else usage
+    # SDKs expose usage either as a method (``result.usage()``) or as a property. Current
+    # pydantic-ai usage objects are callable only through a deprecated shim, so an object
+    # that already holds counts is used as it is.
+    if callable(usage) and not _holds_counts(usage):
+        return usage()
+    return usage
+
+
+def _holds_counts(usage: object) -> bool:
+    return any(
+        isinstance(getattr(usage, name, None), numbers.Number)
+        for names in _SOURCE_NAMES.values()
+        for name in names
+    )
 
 
 def _coerce_usage(usage: object) -> dict[str, int]:

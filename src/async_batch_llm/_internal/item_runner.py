@@ -67,6 +67,15 @@ def _zero_usage() -> dict[str, int]:
     return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_input_tokens": 0}
 
 
+def _with_earlier_usage(usage: TokenUsage, earlier: dict[str, int]) -> TokenUsage:
+    """A new usage dict: ``usage`` plus the counts of earlier failed attempts."""
+    merged: dict[str, Any] = dict(usage) if usage else {}
+    for key, count in earlier.items():
+        if count:
+            merged[key] = (merged.get(key) or 0) + count
+    return cast("TokenUsage", merged)
+
+
 def attach_failed_usage(exc: BaseException, usage: dict[str, int]) -> None:
     """Record the item's summed tokens on the exception it fails with.
 
@@ -220,9 +229,14 @@ class ItemRunner:
             attempt += 1
             generation = coordinator.generation
             try:
-                return await self.attempt(item, worker_id, attempt, strategy, state, deadline)
+                result = await self.attempt(item, worker_id, attempt, strategy, state, deadline)
             except Exception as next_exc:
                 exc = next_exc
+                continue
+            if result.success and any(cumulative.values()):
+                # The failed attempts were paid for too: the item's usage covers all of them.
+                result.token_usage = _with_earlier_usage(result.token_usage, cumulative)
+            return result
 
     async def attempt(
         self,
@@ -358,9 +372,13 @@ class ItemRunner:
             elapsed=elapsed,
             timeout_limit=limit,
         )
-        usage = getattr(cause, "__dict__", {}).get(_FAILED_USAGE_ATTR)
-        if usage is not None:
-            error.__dict__[_FAILED_USAGE_ATTR] = usage
+        # asyncio.timeout() raises a fresh TimeoutError from the CancelledError the strategy
+        # saw, so the strategy's usage may sit one link down the chain.
+        for source in (cause, cause.__cause__):
+            usage = getattr(source, "__dict__", {}).get(_FAILED_USAGE_ATTR)
+            if usage is not None:
+                error.__dict__[_FAILED_USAGE_ATTR] = usage
+                break
         return error
 
     async def _wait_out_rate_limit(
