@@ -23,8 +23,8 @@ def _restore_random() -> Iterator[None]:
 
 class TestPublicNames:
     def test_package_exports(self) -> None:
-        """async_batch_llm.testing exports MockAgent and MockResult as the mocks' objects."""
-        assert testing_pkg.__all__ == ["MockAgent", "MockResult"]
+        """async_batch_llm.testing exports MockAgent, MockResult (the mocks') and mock_strategy."""
+        assert testing_pkg.__all__ == ["MockAgent", "MockResult", "mock_strategy"]
         assert testing_pkg.MockAgent is mocks.MockAgent
         assert testing_pkg.MockResult is mocks.MockResult
 

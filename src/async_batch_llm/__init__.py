@@ -17,6 +17,7 @@ from async_batch_llm import (
     core,
     llm_strategies,
     middleware,
+    models,
     observers,
     parallel,
     strategies,
@@ -35,10 +36,12 @@ from async_batch_llm.base import (
     TokenUsage,
     WorkItemResult,
 )
+from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.core import LLMModel, ManagedLLMModel
 from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig, RetryConfig
-from async_batch_llm.llm_strategies import LLMCallStrategy
+from async_batch_llm.llm_strategies import GeminiStrategy, LLMCallStrategy, PydanticAIStrategy
 from async_batch_llm.middleware import BaseMiddleware, Middleware
+from async_batch_llm.models import GeminiCachedModel, GeminiModel
 from async_batch_llm.observers import (
     BaseObserver,
     MetricsObserver,
@@ -87,7 +90,11 @@ __all__ = [
     "RateLimitConfig",
     "RetryConfig",
     # strategies and models
+    "GeminiStrategy",
     "LLMCallStrategy",
+    "PydanticAIStrategy",
+    "GeminiModel",
+    "GeminiCachedModel",
     "LLMModel",
     "LLMResponse",
     "ManagedLLMModel",
@@ -108,6 +115,7 @@ __all__ = [
     "BaseObserver",
     "MetricsObserver",
     "ProcessingEvent",
+    "GeminiErrorClassifier",
     # processors and aliases
     "ParallelBatchProcessor",
     "SimpleBatchProcessor",
@@ -122,6 +130,7 @@ _SUBMODULES = (
     core,
     llm_strategies,
     middleware,
+    models,
     observers,
     parallel,
     strategies,

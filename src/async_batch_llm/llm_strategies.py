@@ -1,24 +1,58 @@
 """Strategies: how one work item becomes one LLM call.
 
 Subclass :class:`LLMCallStrategy` and implement :meth:`~LLMCallStrategy.execute`; the
-processor calls the other hooks at the points described on each method.
+processor calls the other hooks at the points described on each method. Two strategies are
+built in: :class:`GeminiStrategy` (an :class:`~async_batch_llm.LLMModel` plus a response
+parser) and :class:`PydanticAIStrategy` (a pydantic-ai agent).
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Final, Generic, TypeVar
 
-from async_batch_llm.base import RetryState, TokenUsage
+from pydantic import BaseModel
+
+from async_batch_llm.base import LLMResponse, RetryState, TokenUsage
+from async_batch_llm.core.protocols import AgentLike, LLMModel, ManagedLLMModel
+from async_batch_llm.strategies.errors import TokenTrackingError
 
 try:
-    from pydantic_ai import Agent
+    from pydantic_ai import Agent, capture_run_messages
+    from pydantic_ai.agent import AbstractAgent as _AbstractAgent
 except ImportError:  # pydantic-ai is an optional extra
     Agent = Any  # type: ignore[assignment,misc,unused-ignore]
+    capture_run_messages = None  # type: ignore[assignment,unused-ignore]
+    _AbstractAgent = None  # type: ignore[assignment,misc,unused-ignore]
+
+try:
+    # Private in pydantic-ai; without it a model that ignores ``max_retries`` merely warns.
+    from pydantic_ai._unsupported_settings import suppress_warnings as _suppress_warnings
+except ImportError:
+    _suppress_warnings = None  # type: ignore[assignment,unused-ignore]
+
+_suppress_setting_warnings: Callable[..., AbstractContextManager[object]] | None = (
+    _suppress_warnings
+)
 
 TOutput = TypeVar("TOutput")
 
-__all__ = ["Agent", "LLMCallStrategy", "TOutput"]
+__all__ = ["Agent", "LLMCallStrategy", "GeminiStrategy", "PydanticAIStrategy", "TOutput"]
+
+logger = logging.getLogger(__name__)
+
+_FAILED_USAGE_ATTR: Final = "_failed_token_usage"
+# Attributes whose integer value marks an object as a usage record rather than a method.
+_USAGE_COUNT_NAMES: Final = (
+    "input_tokens",
+    "output_tokens",
+    "request_tokens",
+    "response_tokens",
+    "total_tokens",
+)
 
 
 class LLMCallStrategy(ABC, Generic[TOutput]):
@@ -62,3 +96,254 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
         """Return placeholder output without calling a model (``ProcessorConfig.dry_run``)."""
         output: Any = f"[DRY-RUN] Mock output for prompt: {prompt[:50]}..."
         return output, {"input_tokens": 100, "output_tokens": 50, "total_tokens": 150}
+
+
+def _record_failed_usage(exc: Exception, usage: TokenUsage) -> None:
+    """Attach ``usage`` to ``exc`` as ``_failed_token_usage`` (the 0.7.2 convention).
+
+    An exception without a ``__dict__`` cannot carry it: a :class:`TokenTrackingError`
+    chained from it is raised instead. Called inside the ``except`` block that re-raises.
+    """
+    attributes = getattr(exc, "__dict__", None)
+    if attributes is None:
+        raise TokenTrackingError(str(exc), token_usage=usage) from exc
+    attributes.setdefault(_FAILED_USAGE_ATTR, usage)
+
+
+class GeminiStrategy(LLMCallStrategy[TOutput]):
+    """Calls an :class:`~async_batch_llm.LLMModel` (e.g. ``GeminiModel``) and parses its reply.
+
+    Args:
+        model: Generates the response; a ``ManagedLLMModel`` (e.g. ``GeminiCachedModel``) is
+            prepared and cleaned up with the strategy.
+        response_parser: Turns the :class:`~async_batch_llm.LLMResponse` into the output.
+            When it raises, the tokens the call used are recorded on its exception, so a
+            retried parse failure still counts them.
+        temperature: Passed to every ``generate`` call.
+    """
+
+    def __init__(
+        self,
+        model: LLMModel,
+        response_parser: Callable[[LLMResponse], TOutput],
+        *,
+        temperature: float = 0.0,
+    ) -> None:
+        self.model = model
+        self.response_parser = response_parser
+        self.temperature = temperature
+
+    async def prepare(self) -> None:
+        """Prepare the model when it is a ``ManagedLLMModel`` (e.g. create its cache)."""
+        if isinstance(self.model, ManagedLLMModel):
+            await self.model.prepare()
+
+    async def cleanup(self) -> None:
+        """Clean up the model when it is a ``ManagedLLMModel``."""
+        if isinstance(self.model, ManagedLLMModel):
+            await self.model.cleanup()
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[TOutput, TokenUsage]:
+        """Generate a response for ``prompt`` and return ``(parsed output, token usage)``.
+
+        Errors from the model propagate unchanged; a parser error carries the call's tokens.
+        """
+        response = await self.model.generate(prompt, temperature=self.temperature)
+        usage = response.token_usage
+        try:
+            output = self.response_parser(response)
+        except Exception as exc:
+            _record_failed_usage(exc, usage)
+            raise
+        return output, usage
+
+
+class PydanticAIStrategy(LLMCallStrategy[TOutput]):
+    """Runs a pydantic-ai ``Agent`` (or any object with ``async run(prompt)``) per attempt.
+
+    The agent's output (e.g. a pydantic model when the agent has an ``output_type``) is the
+    item's output; the run's usage is its token usage.
+
+    Retries: this strategy makes one agent run per attempt and the processor owns retrying
+    failed runs. Inside a run, pydantic-ai may still ask the model again when the output
+    fails validation (the agent's output retry budget, ``retries={"output": n}``, 1 by
+    default); all those requests are one attempt here, and their tokens are counted. When
+    the agent gives up it raises ``UnexpectedModelBehavior``, which the processor retries
+    at once as a validation error. The provider SDK clients pydantic-ai builds retry failed
+    HTTP requests themselves (OpenAI and Anthropic: twice, 429s included), which would hide
+    rate limits from the processor's shared cooldown; so every run of a pydantic-ai agent is
+    sent with ``model_settings={"max_retries": 0}`` (a run-level setting, so it overrides a
+    ``max_retries`` set on the agent or model). Pass ``sdk_retries=True`` to leave the SDK's
+    retries, or the agent's own ``max_retries``, in charge.
+
+    Failed runs: the tokens of the model responses a failed run received (e.g. two invalid
+    outputs before ``UnexpectedModelBehavior``) are recorded on the raised exception as
+    ``_failed_token_usage``, read through ``pydantic_ai.capture_run_messages``.
+
+    Args:
+        agent: The agent. Any object with ``async run(prompt)`` returning a result with
+            ``output`` and ``usage`` works (e.g. :class:`~async_batch_llm.testing.MockAgent`).
+        sdk_retries: Let the provider SDK retry failed requests inside a run.
+
+    Raises:
+        ImportError: pydantic-ai is not installed.
+    """
+
+    def __init__(
+        self, agent: Agent[Any, TOutput] | AgentLike[Any], *, sdk_retries: bool = False
+    ) -> None:
+        if _pydantic_ai_missing():
+            msg = (
+                "pydantic-ai is required for PydanticAIStrategy: install it with "
+                "`pip install 'async-batch-llm[pydantic-ai]'`"
+            )
+            raise ImportError(msg)
+        self.agent = agent
+        self.sdk_retries = sdk_retries
+        # The real type, not isinstance: a ``Mock(spec=Agent)`` is not a pydantic-ai agent and
+        # is called with the prompt only.
+        self._is_pydantic_ai_agent = _AbstractAgent is not None and issubclass(
+            type(agent), _AbstractAgent
+        )
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[TOutput, TokenUsage]:
+        """Run the agent on ``prompt`` and return ``(output, token usage)``."""
+        result = await self._run(prompt)
+        # Usage first: a failure reading the output still reports the run's tokens.
+        tokens = _tokens_of_result(result)
+        try:
+            output: TOutput = result.output
+        except Exception as exc:
+            _record_failed_usage(exc, tokens)
+            raise
+        return output, tokens
+
+    async def _run(self, prompt: str) -> Any:
+        agent: Any = self.agent
+        if not self._is_pydantic_ai_agent or capture_run_messages is None:
+            return await agent.run(prompt)
+        with capture_run_messages() as messages:
+            try:
+                if self.sdk_retries:
+                    return await agent.run(prompt)
+                with _quiet_unsupported_max_retries():
+                    return await agent.run(prompt, model_settings={"max_retries": 0})
+            except Exception as exc:
+                usage = _usage_of_messages(messages)
+                if usage is not None:
+                    _record_failed_usage(exc, usage)
+                raise
+
+    async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
+        """An unvalidated instance of the agent's pydantic output model, with estimated tokens.
+
+        The model class is the agent's ``output_type``, else its ``result_type``; when neither
+        is a pydantic model class, the base placeholder string is returned.
+        """
+        try:
+            model_class = _model_class(getattr(self.agent, "output_type", None))
+            if model_class is None:
+                model_class = _model_class(getattr(self.agent, "result_type", None))
+            if model_class is not None:
+                output: Any = model_class.model_construct()
+                input_tokens = len(prompt.split())
+                return output, {
+                    "input_tokens": input_tokens,
+                    "output_tokens": 50,
+                    "total_tokens": input_tokens + 50,
+                }
+        except Exception:
+            logger.debug("dry_run could not build a placeholder output model", exc_info=True)
+        return await super().dry_run(prompt)
+
+
+def _pydantic_ai_missing() -> bool:
+    # Read at call time: tests patch the module-level ``Agent`` to ``typing.Any``.
+    agent_class: object = globals()["Agent"]
+    return agent_class is Any
+
+
+def _model_class(candidate: object) -> type[BaseModel] | None:
+    if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+        return candidate
+    return None
+
+
+def _int_attribute(source: object, name: str) -> int | None:
+    # Only real integers count: test doubles such as ``unittest.mock.Mock`` invent any
+    # attribute asked for.
+    value = getattr(source, name, None)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def _first_int(source: object, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = _int_attribute(source, name)
+        if value is not None:
+            return value
+    return None
+
+
+def _resolve_usage(value: object) -> object:
+    # pydantic-ai's ``RunUsage`` is a property value that is also callable (a deprecated
+    # ``usage()`` shim that warns); older results and ``MockResult`` have a ``usage()`` method.
+    if value is None or _first_int(value, _USAGE_COUNT_NAMES) is not None:
+        return value
+    return value() if callable(value) else value
+
+
+def _tokens_of_usage(usage: object) -> TokenUsage:
+    if not usage:
+        return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    input_tokens = _first_int(usage, ("input_tokens", "request_tokens")) or 0
+    output_tokens = _first_int(usage, ("output_tokens", "response_tokens")) or 0
+    total_tokens = _int_attribute(usage, "total_tokens")
+    tokens: TokenUsage = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens if total_tokens is None else total_tokens,
+    }
+    cached = _int_attribute(usage, "cache_read_tokens")
+    if cached:
+        tokens["cached_input_tokens"] = cached
+    return tokens
+
+
+def _tokens_of_result(result: Any) -> TokenUsage:
+    return _tokens_of_usage(_resolve_usage(getattr(result, "usage", None)))
+
+
+def _usage_of_messages(messages: list[Any]) -> TokenUsage | None:
+    """Summed usage of the model responses a (failed) run received, ``None`` when none."""
+    input_tokens = output_tokens = cached = 0
+    for message in messages:
+        if getattr(message, "kind", None) != "response":
+            continue
+        usage = getattr(message, "usage", None)
+        input_tokens += _int_attribute(usage, "input_tokens") or 0
+        output_tokens += _int_attribute(usage, "output_tokens") or 0
+        cached += _int_attribute(usage, "cache_read_tokens") or 0
+    if not (input_tokens or output_tokens):
+        return None
+    tokens: TokenUsage = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+    }
+    if cached:
+        tokens["cached_input_tokens"] = cached
+    return tokens
+
+
+def _quiet_unsupported_max_retries() -> AbstractContextManager[object]:
+    # ``max_retries=0`` is our default, not the user's choice: models without SDK retries
+    # (e.g. Bedrock) ignore it, and need not warn that they do.
+    if _suppress_setting_warnings is None:
+        return nullcontext()
+    return _suppress_setting_warnings(("max_retries",))

@@ -149,6 +149,8 @@ class ErrorClassifier(ABC):
 class DefaultErrorClassifier(ErrorClassifier):
     """A provider-neutral classifier; the first matching rule wins.
 
+    0. A used-up hard quota (a per-day Gemini quota, OpenAI ``insufficient_quota``):
+       permanent, ``quota_exhausted``, not a rate limit (a cooldown would not help).
     1. A rate-limit phrase (:data:`RATE_LIMIT_PATTERNS`) in the message: rate limit.
     2. :class:`FrameworkTimeoutError`: retryable framework timeout.
     3. ``TimeoutError`` or ``"timeout"`` in the message: retryable API timeout.
@@ -160,6 +162,16 @@ class DefaultErrorClassifier(ErrorClassifier):
 
     def classify(self, exception: Exception) -> ErrorInfo:
         """Return how ``exception`` should be handled, by the rules in the class docstring."""
+        # Imported here: the classifiers package imports this module.
+        from async_batch_llm.classifiers._quota import is_quota_exhausted
+
+        if is_quota_exhausted(exception):
+            return ErrorInfo(
+                is_retryable=False,
+                is_rate_limit=False,
+                is_timeout=False,
+                error_category="quota_exhausted",
+            )
         msg = _message_of(exception).lower()
         if self._matches_rate_limit(msg):
             return ErrorInfo(

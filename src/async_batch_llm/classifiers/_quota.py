@@ -1,0 +1,116 @@
+"""Recognise errors that say a hard quota is used up, where waiting out a cooldown cannot help.
+
+Providers answer both a per-minute rate limit and an exhausted daily or billing quota with
+HTTP 429, so the status alone cannot tell them apart; the error body can:
+
+* Gemini lists ``google.rpc.QuotaFailure`` violations; a ``quotaId`` containing ``PerDay``
+  (e.g. ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``) is a daily quota.
+* OpenAI sends the code/type ``insufficient_quota`` for an account out of credit.
+* pydantic-ai raises ``ModelQuotaExceededError`` for these (and for Anthropic's
+  ``billing_error`` or an HTTP 402).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+try:
+    from pydantic_ai.exceptions import ModelQuotaExceededError as _PydanticAIQuotaError
+except ImportError:  # pydantic-ai is an optional extra
+    _PydanticAIQuotaError = None  # type: ignore[assignment,misc,unused-ignore]
+
+__all__ = ["QUOTA_EXHAUSTED_CATEGORY", "is_quota_exhausted"]
+
+#: ``ErrorInfo.error_category`` of an exhausted hard quota.
+QUOTA_EXHAUSTED_CATEGORY: Final = "quota_exhausted"
+
+_INSUFFICIENT_QUOTA: Final = "insufficient_quota"
+_QUOTA_FAILURE_TYPE: Final = "google.rpc.QuotaFailure"
+_DAILY_QUOTA_MARKER: Final = "perday"
+# Wrapping layers seldom go beyond three; the bound keeps a pathological chain cheap.
+_MAX_CHAIN_LENGTH: Final = 16
+
+
+def is_quota_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from, reports an exhausted hard quota.
+
+    Looks at pydantic-ai's ``ModelQuotaExceededError``, string ``code``/``type`` attributes
+    (OpenAI SDK errors, pydantic-ai's ``provider_error_code``), the error body at ``details``
+    (google-genai) or ``body``, and the message. Never raises.
+    """
+    for candidate in _chain(exc):
+        try:
+            if _reports_exhausted_quota(candidate):
+                return True
+        except Exception:
+            # An attribute that raises, or a body of an unexpected shape: no evidence.
+            continue
+    return False
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending and len(chain) < _MAX_CHAIN_LENGTH:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        chain.append(current)
+        for linked in (current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return chain
+
+
+def _reports_exhausted_quota(exc: BaseException) -> bool:
+    if _PydanticAIQuotaError is not None and isinstance(exc, _PydanticAIQuotaError):
+        return True
+    for attribute in ("code", "type", "provider_error_code", "provider_error_type"):
+        value = getattr(exc, attribute, None)
+        if isinstance(value, str) and value.lower() == _INSUFFICIENT_QUOTA:
+            return True
+    for attribute in ("details", "body"):
+        if _body_reports_exhausted_quota(getattr(exc, attribute, None)):
+            return True
+    return _INSUFFICIENT_QUOTA in str(exc).lower()
+
+
+def _body_reports_exhausted_quota(body: object) -> bool:
+    # Accepted shapes: the whole body ``{"error": {...}}``, the inner error object, or a list
+    # of either (some Google endpoints wrap the body in a one-element array).
+    if isinstance(body, list | tuple):
+        return any(_body_reports_exhausted_quota(element) for element in body)
+    if not isinstance(body, Mapping):
+        return False
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        body = error
+    for key in ("code", "type", "status"):
+        value = body.get(key)
+        if isinstance(value, str) and value.lower() == _INSUFFICIENT_QUOTA:
+            return True
+    details = body.get("details")
+    if not isinstance(details, list | tuple):
+        return False
+    return any(_is_daily_quota_failure(detail) for detail in details)
+
+
+def _is_daily_quota_failure(detail: object) -> bool:
+    if not isinstance(detail, Mapping):
+        return False
+    detail_type = detail.get("@type")
+    if not isinstance(detail_type, str) or not detail_type.endswith(_QUOTA_FAILURE_TYPE):
+        return False
+    violations = detail.get("violations")
+    if not isinstance(violations, list | tuple):
+        return False
+    for violation in violations:
+        if not isinstance(violation, Mapping):
+            continue
+        quota_id = violation.get("quotaId")
+        if isinstance(quota_id, str) and _DAILY_QUOTA_MARKER in quota_id.lower():
+            return True
+    return False
