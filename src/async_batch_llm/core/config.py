@@ -103,7 +103,8 @@ class RetryConfig:
         ValueError: A field is out of range (see :meth:`validate`).
     """
 
-    #: Calls per item, the first one included (``1`` means no retries).
+    #: Calls per item, the first one included (``1`` means no retries). Calls that failed
+    #: with a rate limit do not count; ``RateLimitConfig.max_rate_limit_retries`` bounds them.
     max_attempts: int = 3
     #: Seconds to wait before the first retry; must be positive.
     initial_wait: float = 1.0

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from async_batch_llm.testing.mocks import MockAgent, MockResult
+from async_batch_llm.testing.strategies import mock_strategy
 
-__all__ = ["MockAgent", "MockResult"]
+__all__ = ["MockAgent", "MockResult", "mock_strategy"]
