@@ -25,7 +25,7 @@ from async_batch_llm._internal.retry_hints import retry_after_seconds
 from async_batch_llm._internal.retry_policy import RetryPolicy
 from async_batch_llm.base import RetryState, TokenUsage, WorkItemResult
 from async_batch_llm.observers.base import ProcessingEvent
-from async_batch_llm.strategies.errors import FrameworkTimeoutError
+from async_batch_llm.strategies.errors import DefaultErrorClassifier, FrameworkTimeoutError
 from async_batch_llm.token_extractor import TokenExtractor
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ ERROR_MESSAGE_DETAILED_LENGTH = 500
 SKIPPED_ERROR = "Skipped by middleware"
 
 _FAILED_USAGE_ATTR = "_failed_token_usage"
+_FALLBACK_CLASSIFIER = DefaultErrorClassifier()
 
 
 def error_text(exc: BaseException, limit: int) -> str:
@@ -206,7 +207,7 @@ class ItemRunner:
         while True:
             TokenExtractor.accumulate(cumulative, self.token_extractor.extract_from_exception(exc))
             await self._call_on_error(strategy, exc, attempt, state)
-            info = self.classifier.classify(exc)
+            info = self._classify(exc)
             if info.is_rate_limit:
                 await self._wait_out_rate_limit(item, worker_id, generation, exc)
                 if rate_limit_retries >= self.config.rate_limit.max_rate_limit_retries:
@@ -294,14 +295,14 @@ class ItemRunner:
                 if scope.expired():
                     raise self._timeout_error(work_item, start, exc) from exc
                 raise
-        try:
+        if type(returned) is tuple and len(returned) == 2:
             output, usage = returned
-        except (TypeError, ValueError):
+        else:
             msg = (
                 f"{type(strategy).__name__}.{'dry_run' if config.dry_run else 'execute'}() "
                 f"must return a tuple (output, token_usage), got {type(returned).__name__}"
             )
-            raise TypeError(msg) from None
+            raise TypeError(msg)
 
         # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(
@@ -340,7 +341,7 @@ class ItemRunner:
             return await self.attempt(item, worker_id, attempt_number, strategy, state)
         except Exception as exc:
             await self._call_on_error(strategy, exc, attempt_number, state)
-            info = self.classifier.classify(exc)
+            info = self._classify(exc)
             if info.is_rate_limit:
                 await self._wait_out_rate_limit(item, worker_id, generation, exc)
                 raise
@@ -348,6 +349,19 @@ class ItemRunner:
                 raise
             usage = self.token_extractor.extract_from_exception(exc)
             return await self._permanent_failure(item, exc, usage)
+
+    def _classify(self, exc: Exception) -> ErrorInfo:
+        try:
+            return self.classifier.classify(exc)
+        except Exception:
+            # A broken classifier must not replace the real error in the item's result.
+            logger.warning(
+                "Error classifier %s raised; classifying %s with the default rules",
+                type(self.classifier).__name__,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            return _FALLBACK_CLASSIFIER.classify(exc)
 
     @staticmethod
     async def _call_on_error(
