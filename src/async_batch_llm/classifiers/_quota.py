@@ -6,6 +6,8 @@ HTTP 429, so the status alone cannot tell them apart; the error body can:
 * Gemini lists ``google.rpc.QuotaFailure`` violations; a ``quotaId`` containing ``PerDay``
   (e.g. ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``) is a daily quota.
 * OpenAI sends the code/type ``insufficient_quota`` for an account out of credit.
+* Anthropic sends ``error_code`` ``enforced_spend_limit_reached`` (inside ``error.details``)
+  when the workspace's spend limit is reached.
 * pydantic-ai raises ``ModelQuotaExceededError`` for these (and for Anthropic's
   ``billing_error`` or an HTTP 402).
 """
@@ -25,7 +27,7 @@ __all__ = ["QUOTA_EXHAUSTED_CATEGORY", "is_quota_exhausted"]
 #: ``ErrorInfo.error_category`` of an exhausted hard quota.
 QUOTA_EXHAUSTED_CATEGORY: Final = "quota_exhausted"
 
-_INSUFFICIENT_QUOTA: Final = "insufficient_quota"
+_HARD_QUOTA_CODES: Final = frozenset({"insufficient_quota", "enforced_spend_limit_reached"})
 _QUOTA_FAILURE_TYPE: Final = "google.rpc.QuotaFailure"
 _DAILY_QUOTA_MARKER: Final = "perday"
 # Wrapping layers seldom go beyond three; the bound keeps a pathological chain cheap.
@@ -68,14 +70,18 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _reports_exhausted_quota(exc: BaseException) -> bool:
     if _PydanticAIQuotaError is not None and isinstance(exc, _PydanticAIQuotaError):
         return True
-    for attribute in ("code", "type", "provider_error_code", "provider_error_type"):
-        value = getattr(exc, attribute, None)
-        if isinstance(value, str) and value.lower() == _INSUFFICIENT_QUOTA:
+    for attribute in ("code", "type", "error_code", "provider_error_code", "provider_error_type"):
+        if _is_hard_quota_code(getattr(exc, attribute, None)):
             return True
     for attribute in ("details", "body"):
         if _body_reports_exhausted_quota(getattr(exc, attribute, None)):
             return True
-    return _INSUFFICIENT_QUOTA in str(exc).lower()
+    message = str(exc).lower()
+    return any(code in message for code in _HARD_QUOTA_CODES)
+
+
+def _is_hard_quota_code(value: object) -> bool:
+    return isinstance(value, str) and value.lower() in _HARD_QUOTA_CODES
 
 
 def _body_reports_exhausted_quota(body: object) -> bool:
@@ -88,11 +94,12 @@ def _body_reports_exhausted_quota(body: object) -> bool:
     error = body.get("error")
     if isinstance(error, Mapping):
         body = error
-    for key in ("code", "type", "status"):
-        value = body.get(key)
-        if isinstance(value, str) and value.lower() == _INSUFFICIENT_QUOTA:
+    for key in ("code", "type", "status", "error_code"):
+        if _is_hard_quota_code(body.get(key)):
             return True
     details = body.get("details")
+    if isinstance(details, Mapping):  # Anthropic: {"details": {"error_code": ...}}
+        return _is_hard_quota_code(details.get("error_code"))
     if not isinstance(details, list | tuple):
         return False
     return any(_is_daily_quota_failure(detail) for detail in details)
