@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from async_batch_llm import (
+    BaseMiddleware,
     MetricsObserver,
     ParallelBatchProcessor,
     ProcessingEvent,
     RateLimitConfig,
     RetryConfig,
+    WorkItemResult,
 )
 from support import (
     EchoStrategy,
@@ -295,3 +297,32 @@ class TestMetricsObserverIntegration:
         assert snapshot["success_rate"] == 5 / 6
         assert snapshot["processing_times_count"] == 5
         assert snapshot["total_cooldown_time"] >= 0
+
+    async def test_items_rescued_by_middleware_are_counted_once(self) -> None:
+        """A failure replaced by a middleware's result emits ITEM_COMPLETED (recovered_from)."""
+        class Rescue(BaseMiddleware[Any, Any, Any]):
+            async def on_error(self, work_item: Any, error: Exception) -> Any:
+                return WorkItemResult(item_id=work_item.item_id, success=True, output="fallback")
+
+        metrics = MetricsObserver()
+        recorder = RecordingObserver()
+        strategy = ScriptedStrategy([ValueError("permanent"), TransientError("a")] * 2)
+        processor = Processor(
+            config=_config(max_workers=1, retry=RetryConfig(max_attempts=1, initial_wait=0.001)),
+            observers=[metrics, recorder],
+            middlewares=[Rescue()],
+        )
+        async with processor:
+            batch = await run_batch(processor, items_for(strategy, 5))
+        assert batch.succeeded == 5
+        rescued = [data for data in recorder.of(E.ITEM_COMPLETED) if "recovered_from" in data]
+        assert sorted(data["recovered_from"] for data in rescued) == [
+            "TransientError",
+            "TransientError",
+            "ValueError",
+            "ValueError",
+        ]
+        assert recorder.of(E.ITEM_FAILED) == []
+        snapshot = await metrics.get_metrics()
+        assert snapshot["items_processed"] == batch.total_items == 5
+        assert snapshot["items_succeeded"] == 5

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Generic
+from typing import Any, Generic, Literal
 
 from aiolimiter import AsyncLimiter
 
@@ -199,7 +199,7 @@ class ParallelBatchProcessor(
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def __aexit__(self, *exc_info: Any) -> bool:
+    async def __aexit__(self, *exc_info: object) -> Literal[False]:
         await self.shutdown()
         return False
 

@@ -172,8 +172,7 @@ class ItemRunner:
                 context=item.context,
                 token_usage=failed_usage_of(exc),
             )
-        if not result.success:
-            await self._emit_failed(result.item_id, type(exc).__name__)
+        await self._emit_outcome(result, exc)
         return result
 
     async def _prepare(self, item: LLMWorkItem[Any, Any, Any], strategy: Any) -> None:
@@ -445,9 +444,24 @@ class ItemRunner:
                 context=item.context,
                 token_usage=cast("TokenUsage", cumulative),
             )
-        if not result.success:
-            await self._emit_failed(result.item_id, type(exc).__name__)
+        await self._emit_outcome(result, exc)
         return result
+
+    async def _emit_outcome(self, result: WorkItemResult[Any, Any], exc: Exception) -> None:
+        """ITEM_FAILED for a failed final result; ITEM_COMPLETED for one a middleware rescued."""
+        if result.success:
+            if self.dispatcher.observers:
+                usage = result.token_usage
+                await self.dispatcher.emit(
+                    ProcessingEvent.ITEM_COMPLETED,
+                    {
+                        "item_id": result.item_id,
+                        "tokens": usage.get("total_tokens", 0) if usage else 0,
+                        "recovered_from": type(exc).__name__,
+                    },
+                )
+        else:
+            await self._emit_failed(result.item_id, type(exc).__name__)
 
     async def _emit_failed(self, item_id: str, error_type: str) -> None:
         if self.dispatcher.observers:

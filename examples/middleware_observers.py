@@ -1,0 +1,122 @@
+"""Middleware around every attempt, observers for every event, and metrics for Prometheus.
+
+* ``SkipBlankPrompts`` (``before_process``) skips items before any call is made.
+* ``StripOutput`` (``after_process``) cleans up every successful result.
+* ``FallbackAnswer`` (``on_error``) replaces a permanent failure with a canned answer.
+* ``EventCounter`` counts every event the processor emits; ``MetricsObserver`` aggregates
+  them and exports them as a dict, JSON or Prometheus text.
+
+Run it with ``python examples/middleware_observers.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from async_batch_llm import (
+    BaseMiddleware,
+    BaseObserver,
+    LLMCallStrategy,
+    LLMWorkItem,
+    MetricsObserver,
+    ParallelBatchProcessor,
+    ProcessingEvent,
+    ProcessorConfig,
+    RetryState,
+    TokenUsage,
+    WorkItemResult,
+)
+
+Item = LLMWorkItem[str, str, None]
+Result = WorkItemResult[str, None]
+
+
+class EchoStrategy(LLMCallStrategy[str]):
+    """Echoes the prompt; rejects prompts containing "forbidden" with a permanent error."""
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[str, TokenUsage]:
+        await asyncio.sleep(0.002)
+        if "forbidden" in prompt:
+            # ValueError is a permanent error for DefaultErrorClassifier: no retry.
+            msg = f"refusing prompt {prompt!r}"
+            raise ValueError(msg)
+        return f"  echo: {prompt}  ", {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10}
+
+
+# --8<-- [start:middleware]
+class SkipBlankPrompts(BaseMiddleware[str, str, None]):
+    """Skip items with an empty prompt: they end as failed results, with no call made."""
+
+    async def before_process(self, work_item: Item) -> Item | None:
+        return work_item if work_item.prompt.strip() else None
+
+
+class StripOutput(BaseMiddleware[str, str, None]):
+    """Tidy every successful output."""
+
+    async def after_process(self, result: Result) -> Result:
+        return replace(result, output=(result.output or "").strip())
+
+
+class FallbackAnswer(BaseMiddleware[str, str, None]):
+    """Turn a permanent failure into a successful placeholder answer."""
+
+    async def on_error(self, work_item: Item, error: Exception) -> Result | None:
+        return WorkItemResult(
+            item_id=work_item.item_id,
+            success=True,
+            output=f"(no answer: {type(error).__name__})",
+            context=work_item.context,
+        )
+
+
+# --8<-- [end:middleware]
+
+
+# --8<-- [start:observer]
+class EventCounter(BaseObserver):
+    """Count every event by name."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+        self.counts[event.value] += 1
+
+
+# --8<-- [end:observer]
+
+
+async def main() -> None:
+    strategy = EchoStrategy()
+    events = EventCounter()
+    metrics = MetricsObserver()
+    prompts = ["hello", "", "forbidden words", "goodbye", "   "]
+    # --8<-- [start:wiring]
+    async with ParallelBatchProcessor[str, str, None](
+        config=ProcessorConfig(max_workers=2),
+        middlewares=[SkipBlankPrompts(), StripOutput(), FallbackAnswer()],
+        observers=[events, metrics],
+    ) as processor:
+        for i, prompt in enumerate(prompts):
+            await processor.add_work(LLMWorkItem(item_id=f"p{i}", strategy=strategy, prompt=prompt))
+        result = await processor.process_all()
+    # --8<-- [end:wiring]
+
+    for item in sorted(result.results, key=lambda r: r.item_id):
+        print(f"{item.item_id}  success={item.success!s:<5}  {item.output or item.error}")
+    print("\nevents:", dict(sorted(events.counts.items())))
+    print("\nPrometheus metrics (excerpt):")
+    for line in (await metrics.export_prometheus()).splitlines():
+        if line.startswith("async_batch_llm_items_"):
+            print(" ", line)
+    print(f"\n{result.succeeded} succeeded, {result.failed} failed")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
