@@ -300,6 +300,7 @@ class TestMetricsObserverIntegration:
 
     async def test_items_rescued_by_middleware_are_counted_once(self) -> None:
         """A failure replaced by a middleware's result emits ITEM_COMPLETED (recovered_from)."""
+
         class Rescue(BaseMiddleware[Any, Any, Any]):
             async def on_error(self, work_item: Any, error: Exception) -> Any:
                 return WorkItemResult(item_id=work_item.item_id, success=True, output="fallback")
