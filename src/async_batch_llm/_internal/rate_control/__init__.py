@@ -1,0 +1,1 @@
+"""Rate control internals: header parsing, pacing, per-scope learning and the controller."""
