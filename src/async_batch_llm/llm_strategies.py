@@ -16,6 +16,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from async_batch_llm._internal.rate_control.scope import RateScope
 from async_batch_llm.base import LLMResponse, RetryState, TokenUsage
 from async_batch_llm.core.protocols import AgentLike, LLMModel, ManagedLLMModel
 from async_batch_llm.strategies.errors import TokenTrackingError
@@ -92,6 +93,24 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
     ) -> None:
         """Observe a failed attempt before it is classified and retried (or not)."""
 
+    def rate_limit_scope(self) -> RateScope | None:
+        """The provider, API key and model this strategy's calls count against.
+
+        Used by :class:`~async_batch_llm.rate_control.AdaptiveRateLimitStrategy` to pace and
+        pause each scope on its own. ``None`` (the default) gives every strategy class one
+        scope of its own.
+        """
+        return None
+
+    def estimate_tokens(self, prompt: str) -> int:
+        """Tokens a call for ``prompt`` may use, booked against a tokens-per-minute budget.
+
+        The estimate is reconciled with the reported usage after the call. The default
+        counts about four characters per token; override it to add the output tokens you
+        reserve (``max_tokens``) or to use a real tokenizer.
+        """
+        return len(prompt) // 4 + 1
+
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
         """Return placeholder output without calling a model (``ProcessorConfig.dry_run``)."""
         output: Any = f"[DRY-RUN] Mock output for prompt: {prompt[:50]}..."
@@ -142,6 +161,19 @@ class GeminiStrategy(LLMCallStrategy[TOutput]):
         """Clean up the model when it is a ``ManagedLLMModel``."""
         if isinstance(self.model, ManagedLLMModel):
             await self.model.cleanup()
+
+    def rate_limit_scope(self) -> RateScope | None:
+        """``gemini`` + the client's API key + the model name, when the model exposes them."""
+        model_name = getattr(self.model, "_model", None)
+        if not isinstance(model_name, str):
+            return None
+        api_client = getattr(getattr(self.model, "_client", None), "_api_client", None)
+        api_key = getattr(api_client, "api_key", None)
+        return RateScope.from_api_key(
+            provider="gemini",
+            api_key=api_key if isinstance(api_key, str) else None,
+            model=model_name.removeprefix("models/"),
+        )
 
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
@@ -207,6 +239,28 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
         self._is_pydantic_ai_agent = _AbstractAgent is not None and issubclass(
             type(agent), _AbstractAgent
         )
+
+    def rate_limit_scope(self) -> RateScope | None:
+        """The agent model's provider (``system``), the provider client's API key and model."""
+        model = getattr(self.agent, "model", None)
+        provider = getattr(model, "system", None)
+        model_name = getattr(model, "model_name", None)
+        if not isinstance(provider, str) or not isinstance(model_name, str):
+            return None
+        api_key = getattr(getattr(model, "client", None), "api_key", None)
+        return RateScope.from_api_key(
+            provider=provider,
+            api_key=api_key if isinstance(api_key, str) else None,
+            model=model_name,
+        )
+
+    def estimate_tokens(self, prompt: str) -> int:
+        """The prompt estimate plus the agent's ``max_tokens`` setting, which the provider
+        reserves against the tokens-per-minute budget before it answers."""
+        settings = getattr(self.agent, "model_settings", None)
+        max_tokens = settings.get("max_tokens") if isinstance(settings, dict) else None
+        reserved = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
+        return super().estimate_tokens(prompt) + reserved
 
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None

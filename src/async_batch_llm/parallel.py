@@ -23,6 +23,7 @@ from async_batch_llm._internal.item_runner import (
     ItemRunner,
     error_text,
 )
+from async_batch_llm._internal.rate_control.controller import RateController
 from async_batch_llm._internal.rate_limit_coordinator import RateLimitCoordinator
 from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
 from async_batch_llm.base import (
@@ -39,6 +40,7 @@ from async_batch_llm.base import (
 from async_batch_llm.core.config import ProcessorConfig
 from async_batch_llm.middleware.base import Middleware
 from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
+from async_batch_llm.rate_control import AdaptiveRateLimitStrategy
 from async_batch_llm.strategies.errors import DefaultErrorClassifier, ErrorClassifier
 from async_batch_llm.strategies.rate_limit import ExponentialBackoffStrategy, RateLimitStrategy
 from async_batch_llm.token_extractor import TokenExtractor
@@ -145,6 +147,7 @@ class ParallelBatchProcessor(
             limiter=limiter,
             count_rate_limit=self._count_rate_limit,
         )
+        self._runner.rate_controller = _rate_controller_of(rate_limit_strategy)
         self._token_extractor = TokenExtractor()
         self._stats_lock = asyncio.Lock()
         self._results_lock = asyncio.Lock()
@@ -168,6 +171,7 @@ class ParallelBatchProcessor(
     @rate_limit_strategy.setter
     def rate_limit_strategy(self, strategy: RateLimitStrategy) -> None:
         self._coordinator.strategy = strategy
+        self._runner.rate_controller = _rate_controller_of(strategy)
 
     @property
     def observers(self) -> list[ProcessorObserver]:
@@ -382,3 +386,8 @@ class ParallelBatchProcessor(
 
     async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any] | None = None) -> None:
         await self._dispatcher.emit(event, data)
+
+
+def _rate_controller_of(strategy: RateLimitStrategy) -> RateController | None:
+    """The per-scope controller of an adaptive strategy; ``None`` means shared cooldowns."""
+    return strategy.controller if isinstance(strategy, AdaptiveRateLimitStrategy) else None

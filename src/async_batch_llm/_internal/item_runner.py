@@ -21,9 +21,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from async_batch_llm._internal.deadline import AttemptDeadline
+from async_batch_llm._internal.rate_control.controller import (
+    RateController,
+    Ticket,
+    current_ticket,
+)
+from async_batch_llm._internal.rate_control.scope import RateScope, scope_payload
 from async_batch_llm._internal.retry_hints import retry_after_seconds
 from async_batch_llm._internal.retry_policy import RetryPolicy
 from async_batch_llm.base import RetryState, TokenUsage, WorkItemResult
+from async_batch_llm.classifiers._quota import is_quota_exhausted
 from async_batch_llm.observers.base import ProcessingEvent
 from async_batch_llm.strategies.errors import DefaultErrorClassifier, FrameworkTimeoutError
 from async_batch_llm.token_extractor import TokenExtractor
@@ -77,6 +84,16 @@ def _with_earlier_usage(usage: TokenUsage, earlier: dict[str, int]) -> TokenUsag
     return cast("TokenUsage", merged)
 
 
+def _estimate_tokens(strategy: Any, prompt: str) -> int:
+    """Tokens to book for a call before it is made (the strategy's estimate if it has one)."""
+    estimate = getattr(strategy, "estimate_tokens", None)
+    if callable(estimate):
+        value = estimate(prompt)
+        if isinstance(value, int) and value >= 0:
+            return value
+    return len(prompt) // 4 + 1
+
+
 def attach_failed_usage(exc: BaseException, usage: dict[str, int]) -> None:
     """Record the item's summed tokens on the exception it fails with.
 
@@ -119,6 +136,9 @@ class ItemRunner:
         self.limiter = limiter
         self.retry_policy = RetryPolicy(config.retry)
         self.token_extractor = TokenExtractor()
+        #: Per-scope admission (set when the rate-limit strategy is adaptive), else None.
+        self.rate_controller: RateController | None = None
+        self._scopes: dict[int, tuple[Any, RateScope]] = {}
         self._count_rate_limit = count_rate_limit
 
     async def run(
@@ -271,37 +291,58 @@ class ItemRunner:
         config = self.config
         if self.limiter is not None:
             await self.limiter.acquire()
-        if config.dry_run:
-            returned = await strategy.dry_run(work_item.prompt)
-        elif deadline is not None:
-            timeout = config.timeout_per_item
-            deadline.arm(timeout)
-            try:
-                returned = await strategy.execute(work_item.prompt, attempt_number, timeout, state)
-            except asyncio.CancelledError as exc:
-                if deadline.disarm():
-                    raise self._timeout_error(work_item, start, exc) from exc
-                raise
-            deadline.disarm()
-        else:
-            timeout = config.timeout_per_item
-            try:
-                async with asyncio.timeout(timeout) as scope:
+        controller = self.rate_controller
+        ticket: Ticket | None = None
+        if controller is not None:
+            ticket = await controller.admit(
+                self._scope_of(strategy), _estimate_tokens(strategy, work_item.prompt)
+            )
+            context = current_ticket.set(ticket)  # lets the HTTP response hook find the ticket
+        try:
+            if config.dry_run:
+                returned = await strategy.dry_run(work_item.prompt)
+            elif deadline is not None:
+                timeout = config.timeout_per_item
+                deadline.arm(timeout)
+                try:
                     returned = await strategy.execute(
                         work_item.prompt, attempt_number, timeout, state
                     )
-            except TimeoutError as exc:
-                if scope.expired():
-                    raise self._timeout_error(work_item, start, exc) from exc
-                raise
+                except asyncio.CancelledError as exc:
+                    if deadline.disarm():
+                        raise self._timeout_error(work_item, start, exc) from exc
+                    raise
+                deadline.disarm()
+            else:
+                timeout = config.timeout_per_item
+                try:
+                    async with asyncio.timeout(timeout) as scope:
+                        returned = await strategy.execute(
+                            work_item.prompt, attempt_number, timeout, state
+                        )
+                except TimeoutError as exc:
+                    if scope.expired():
+                        raise self._timeout_error(work_item, start, exc) from exc
+                    raise
+        except BaseException as exc:
+            if ticket is not None:
+                self._settle_failed(ticket, exc)
+            raise
+        finally:
+            if ticket is not None:
+                current_ticket.reset(context)
         if type(returned) is tuple and len(returned) == 2:
             output, usage = returned
         else:
+            if ticket is not None:
+                ticket.controller.failed(ticket)
             msg = (
                 f"{type(strategy).__name__}.{'dry_run' if config.dry_run else 'execute'}() "
                 f"must return a tuple (output, token_usage), got {type(returned).__name__}"
             )
             raise TypeError(msg)
+        if ticket is not None:
+            ticket.controller.complete(ticket, usage)
 
         # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(
@@ -310,17 +351,41 @@ class ItemRunner:
         if dispatcher.middlewares:
             result = await dispatcher.after_process(result)
         if observed:
-            await dispatcher.emit(
-                ProcessingEvent.ITEM_COMPLETED,
-                {
-                    "item_id": work_item.item_id,
-                    "duration": time.monotonic() - start,
-                    "tokens": usage.get("total_tokens", 0) if usage else 0,
-                },
-            )
+            payload: dict[str, Any] = {
+                "item_id": work_item.item_id,
+                "duration": time.monotonic() - start,
+                "tokens": usage.get("total_tokens", 0) if usage else 0,
+            }
+            if ticket is not None:
+                payload.update(scope_payload(ticket.controller.snapshot_of(ticket.scope)))
+            await dispatcher.emit(ProcessingEvent.ITEM_COMPLETED, payload)
         if self.coordinator.consecutive:
             self.coordinator.record_success()
         return result
+
+    def _scope_of(self, strategy: Any) -> RateScope:
+        """The rate-limit scope of ``strategy`` (its ``rate_limit_scope()``, else a default)."""
+        cached = self._scopes.get(id(strategy))
+        if cached is not None and cached[0] is strategy:
+            return cached[1]
+        scope_of = getattr(strategy, "rate_limit_scope", None)
+        scope = scope_of() if callable(scope_of) else None
+        if not isinstance(scope, RateScope):
+            scope = RateScope("default", "", type(strategy).__name__)
+        self._scopes[id(strategy)] = (strategy, scope)
+        return scope
+
+    def _settle_failed(self, ticket: Ticket, exc: BaseException) -> None:
+        """Tell the rate controller how the admitted call ended, so it learns the right thing."""
+        controller = ticket.controller
+        if not isinstance(exc, Exception):
+            controller.release(ticket)
+        elif is_quota_exhausted(exc):
+            controller.quota_exhausted(ticket, str(exc)[:200])
+        elif self._classify(exc).is_rate_limit:
+            controller.rate_limited(ticket, retry_after_seconds(exc))
+        else:
+            controller.failed(ticket, self.token_extractor.extract_from_exception(exc))
 
     async def attempt_with_error_handling(
         self,
@@ -402,13 +467,17 @@ class ItemRunner:
         exc: Exception,
     ) -> None:
         self._count_rate_limit()
+        controller = self.rate_controller
         if self.dispatcher.observers:
-            await self.dispatcher.emit(
-                ProcessingEvent.RATE_LIMIT_HIT, {"item_id": item.item_id, "worker_id": worker_id}
+            payload: dict[str, Any] = {"item_id": item.item_id, "worker_id": worker_id}
+            if controller is not None:
+                payload.update(scope_payload(controller.snapshot_of(self._scope_of(item.strategy))))
+            await self.dispatcher.emit(ProcessingEvent.RATE_LIMIT_HIT, payload)
+        if controller is None:
+            await self.coordinator.handle_rate_limit(
+                worker_id, observed_generation=generation, retry_after=retry_after_seconds(exc)
             )
-        await self.coordinator.handle_rate_limit(
-            worker_id, observed_generation=generation, retry_after=retry_after_seconds(exc)
-        )
+        # With a rate controller only the scope pauses; the next admission waits it out.
 
     async def _back_off(
         self, item: LLMWorkItem[Any, Any, Any], exc: Exception, info: ErrorInfo, failures: int

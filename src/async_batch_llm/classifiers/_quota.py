@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from async_batch_llm._internal.rate_control.scope import QuotaExhaustedError
+
 try:
     from pydantic_ai.exceptions import ModelQuotaExceededError as _PydanticAIQuotaError
 except ImportError:  # pydantic-ai is an optional extra
@@ -68,6 +70,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _reports_exhausted_quota(exc: BaseException) -> bool:
+    if isinstance(exc, QuotaExhaustedError):
+        return True
     if _PydanticAIQuotaError is not None and isinstance(exc, _PydanticAIQuotaError):
         return True
     for attribute in ("code", "type", "error_code", "provider_error_code", "provider_error_type"):

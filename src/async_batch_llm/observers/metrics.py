@@ -26,6 +26,18 @@ _PROMETHEUS_METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Per-scope gauges, from the ``scope`` keys that rate-limit events carry when the processor
+# uses an adaptive rate-limit strategy: (payload key, metric name, type, help text).
+_SCOPE_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("limit_rpm", "scope_limit_rpm", "gauge", "Requests-per-minute limit in force per scope"),
+    ("limit_tpm", "scope_limit_tpm", "gauge", "Tokens-per-minute limit in force per scope"),
+    ("remaining_requests", "scope_remaining_requests", "gauge", "Requests left per scope"),
+    ("remaining_tokens", "scope_remaining_tokens", "gauge", "Tokens left per scope"),
+    ("utilisation", "scope_utilisation", "gauge", "Share of the request limit used per scope"),
+    ("scope_rate_limited", "scope_rate_limits_total", "counter", "Rate limits per scope"),
+)
+
+
 def _initial_metrics() -> dict[str, Any]:
     return {
         "items_processed": 0,
@@ -70,6 +82,8 @@ class MetricsObserver(BaseObserver):
         self._max_processing_samples = max_processing_samples
         self._processing_times: deque[float] = deque(maxlen=max_processing_samples)
         self._lock = asyncio.Lock()
+        #: The latest state of every rate-limit scope seen in events, by scope name.
+        self.rate_limit_scopes: dict[str, dict[str, Any]] = {}
 
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
         """Update the counters from one event.
@@ -99,6 +113,10 @@ class MetricsObserver(BaseObserver):
                 metrics["rate_limits_hit"] += 1
             elif event is ProcessingEvent.COOLDOWN_ENDED and "duration" in data:
                 metrics["total_cooldown_time"] += float(data["duration"])
+            if "scope" in data:
+                self.rate_limit_scopes[str(data["scope"])] = {
+                    key: data.get(key) for key, _, _, _ in _SCOPE_METRICS
+                } | {"limit_source": data.get("limit_source")}
 
     async def get_metrics(self) -> dict[str, Any]:
         """Return a snapshot of :attr:`metrics` with derived values.
@@ -115,6 +133,10 @@ class MetricsObserver(BaseObserver):
         processed = snapshot["items_processed"]
         snapshot["avg_processing_time"] = snapshot["processing_times_sum"] / count if count else 0
         snapshot["success_rate"] = snapshot["items_succeeded"] / processed if processed else 0
+        if self.rate_limit_scopes:
+            snapshot["rate_limit_scopes"] = {
+                scope: dict(state) for scope, state in self.rate_limit_scopes.items()
+            }
         return snapshot
 
     def reset(self) -> None:
@@ -122,6 +144,7 @@ class MetricsObserver(BaseObserver):
         self.metrics.clear()
         self.metrics.update(_initial_metrics())
         self._processing_times.clear()
+        self.rate_limit_scopes.clear()
 
     async def export_dict(self) -> dict[str, Any]:
         """Return the same snapshot as :meth:`get_metrics`."""
@@ -156,5 +179,18 @@ class MetricsObserver(BaseObserver):
             for error_type, count in error_counts.items():
                 label = _escape_label_value(error_type)
                 lines.append(f'{full_name}{{error_type="{label}"}} {count}')
+            lines.append("")
+        scopes: dict[str, dict[str, Any]] = snapshot.get("rate_limit_scopes", {})
+        for key, name, metric_type, help_text in _SCOPE_METRICS:
+            values = [
+                (scope, state[key]) for scope, state in scopes.items() if state[key] is not None
+            ]
+            if not values:
+                continue
+            full_name = _PROMETHEUS_PREFIX + name
+            lines.append(f"# HELP {full_name} {help_text}")
+            lines.append(f"# TYPE {full_name} {metric_type}")
+            for scope, value in values:
+                lines.append(f'{full_name}{{scope="{_escape_label_value(scope)}"}} {value}')
             lines.append("")
         return "\n".join(lines)

@@ -213,6 +213,10 @@ class RateController:
         now = self._clock()
         return max((state.pause_remaining(now) for state in self._scopes.values()), default=0.0)
 
+    def snapshot_of(self, scope: RateScope) -> ScopeSnapshot:
+        """The current state of ``scope``."""
+        return self.scope_state(scope).snapshot(self._clock())
+
     def snapshot(self) -> list[ScopeSnapshot]:
         """The state of every scope used so far, in order of first use."""
         now = self._clock()

@@ -541,3 +541,18 @@ def _per_minute(per_second: float | None) -> float | None:
 
 def _whole(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def scope_payload(snapshot: ScopeSnapshot) -> dict[str, object]:
+    """The keys a rate-limit event carries about its scope (plain values, for observers)."""
+    return {
+        "scope": str(snapshot.scope),
+        "limit_rpm": snapshot.requests_per_minute,
+        "limit_source": snapshot.request_limit_source,
+        "limit_tpm": snapshot.tokens_per_minute,
+        "remaining_requests": snapshot.remaining_requests,
+        "remaining_tokens": snapshot.remaining_tokens,
+        "utilisation": snapshot.utilisation,
+        "paused_for": snapshot.paused_for,
+        "scope_rate_limited": snapshot.rate_limited,
+    }
