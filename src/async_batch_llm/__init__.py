@@ -11,7 +11,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
-from async_batch_llm import (
+# Submodules are attributes of the package (``from async_batch_llm import models`` works).
+from async_batch_llm import (  # noqa: F401 - imported to become package attributes
     base,
     classifiers,
     core,
@@ -20,6 +21,7 @@ from async_batch_llm import (
     models,
     observers,
     parallel,
+    rate_control,
     strategies,
     testing,
     token_extractor,
@@ -122,18 +124,3 @@ __all__ = [
     "SimpleWorkItem",
     "SimpleResult",
 ]
-
-# Submodules are attributes of the package (``async_batch_llm.models``-style access).
-_SUBMODULES = (
-    base,
-    classifiers,
-    core,
-    llm_strategies,
-    middleware,
-    models,
-    observers,
-    parallel,
-    strategies,
-    testing,
-    token_extractor,
-)

@@ -13,12 +13,11 @@ import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import Any
+
+from async_batch_llm._internal.exception_chain import exception_chain
 
 __all__ = ["retry_after_seconds"]
-
-# Wrapping layers seldom go beyond three; the bound keeps a pathological chain cheap.
-_MAX_CHAIN_LENGTH: Final = 16
 
 
 def retry_after_seconds(exc: BaseException, *, now: datetime | None = None) -> float | None:
@@ -40,27 +39,11 @@ def retry_after_seconds(exc: BaseException, *, now: datetime | None = None) -> f
         exc: The exception raised by the rate-limited call.
         now: The current time for HTTP-date hints; defaults to the system clock.
     """
-    for candidate in _exception_chain(exc):
+    for candidate in exception_chain(exc):
         hint = _hint_of(candidate, now)
         if hint is not None:
             return hint
     return None
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending and len(chain) < _MAX_CHAIN_LENGTH:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        chain.append(current)
-        for linked in (current.__cause__, current.__context__):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
-    return chain
 
 
 def _hint_of(exc: BaseException, now: datetime | None) -> float | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from async_batch_llm._internal.exception_chain import exception_chain
 from async_batch_llm._internal.rate_control.scope import QuotaExhaustedError
 
 try:
@@ -32,8 +33,6 @@ QUOTA_EXHAUSTED_CATEGORY: Final = "quota_exhausted"
 _HARD_QUOTA_CODES: Final = frozenset({"insufficient_quota", "enforced_spend_limit_reached"})
 _QUOTA_FAILURE_TYPE: Final = "google.rpc.QuotaFailure"
 _DAILY_QUOTA_MARKER: Final = "perday"
-# Wrapping layers seldom go beyond three; the bound keeps a pathological chain cheap.
-_MAX_CHAIN_LENGTH: Final = 16
 
 
 def is_quota_exhausted(exc: BaseException) -> bool:
@@ -43,7 +42,7 @@ def is_quota_exhausted(exc: BaseException) -> bool:
     (OpenAI SDK errors, pydantic-ai's ``provider_error_code``), the error body at ``details``
     (google-genai) or ``body``, and the message. Never raises.
     """
-    for candidate in _chain(exc):
+    for candidate in exception_chain(exc):
         try:
             if _reports_exhausted_quota(candidate):
                 return True
@@ -51,22 +50,6 @@ def is_quota_exhausted(exc: BaseException) -> bool:
             # An attribute that raises, or a body of an unexpected shape: no evidence.
             continue
     return False
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending and len(chain) < _MAX_CHAIN_LENGTH:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        chain.append(current)
-        for linked in (current.__cause__, current.__context__):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
-    return chain
 
 
 def _reports_exhausted_quota(exc: BaseException) -> bool:
