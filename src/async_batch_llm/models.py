@@ -4,6 +4,8 @@
 * :class:`GeminiCachedModel` does the same against a provider-side context cache (a long shared
   prefix such as a document), which it finds by tags or creates in ``prepare()`` and renews
   before it expires.
+* :func:`gemini_client` builds a ``google.genai.Client`` suited to both: requests go through
+  httpx2, and the client makes one attempt per request.
 
 SDK retries: google-genai can retry failed requests itself (``HttpOptions.retry_options``,
 and a reconnect after a connection error when it runs on aiohttp). The processor already
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 from async_batch_llm.base import LLMResponse
 
 if TYPE_CHECKING:
+    import httpx2
     from google.genai import Client
     from google.genai.types import Content
 
@@ -40,7 +43,7 @@ except ImportError:  # google-genai is an optional extra
     _genai_module = None  # type: ignore[assignment,unused-ignore]
     _genai_types = None  # type: ignore[assignment,unused-ignore]
 
-__all__ = ["GeminiModel", "GeminiCachedModel"]
+__all__ = ["GeminiModel", "GeminiCachedModel", "gemini_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +148,56 @@ def _require_genai(name: str) -> ModuleType:
 def _is_genai_client(client: object) -> bool:
     client_class = getattr(genai, "Client", None)
     return isinstance(client_class, type) and isinstance(client, client_class)
+
+
+def gemini_client(
+    api_key: str | None = None,
+    *,
+    base_url: str | None = None,
+    http_client: httpx2.AsyncClient | None = None,
+) -> Client:
+    """A ``google.genai.Client`` for the Gemini Developer API, set up for batch processing.
+
+    Compared with ``genai.Client(api_key=...)``:
+
+    * async requests go through httpx2 even when aiohttp is installed (google-genai otherwise
+      switches to aiohttp, whose session subclass warns on current aiohttp releases and which
+      adds a hidden reconnect retry);
+    * the client's own retries are off (``HttpRetryOptions(attempts=1)``), so a 429 or 5xx
+      reaches the processor after one request, for any caller of the client.
+
+    Close it with ``await client.aio.aclose()`` (an ``http_client`` you pass stays yours to
+    close). The HTTP client it creates ignores proxy environment variables (``HTTPS_PROXY``
+    and the like); behind a proxy, pass ``http_client=httpx2.AsyncClient()``, which reads
+    them.
+
+    Args:
+        api_key: The Gemini API key; ``None`` lets google-genai read ``GOOGLE_API_KEY`` or
+            ``GEMINI_API_KEY``.
+        base_url: Send requests here instead of Google's endpoint, e.g. a
+            :class:`~async_batch_llm.testing.simulator.ProviderSimulator`'s
+            ``gemini_base_url``.
+        http_client: The ``httpx2.AsyncClient`` to send async requests with; by default the
+            client creates (and closes) its own.
+
+    Raises:
+        ImportError: google-genai is not installed.
+    """
+    module = _require_genai("gemini_client")
+    types = module.types
+    options: dict[str, Any] = {"retry_options": types.HttpRetryOptions(attempts=1)}
+    if base_url is not None:
+        options["base_url"] = base_url
+    if http_client is not None:
+        options["httpx_async_client"] = http_client
+    else:
+        # google-genai picks aiohttp whenever it is importable, unless it is handed an httpx
+        # client or transport; a transport keeps the client (and closing it) the SDK's own.
+        import httpx2
+
+        options["async_client_args"] = {"transport": httpx2.AsyncHTTPTransport()}
+    client: Client = module.Client(api_key=api_key, http_options=types.HttpOptions(**options))
+    return client
 
 
 def _single_attempt_http_options() -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Provider integrations: unit tests with fakes, and end-to-end tests over HTTP."""
