@@ -6,25 +6,36 @@
 * ``EventCounter`` counts every event the processor emits; ``MetricsObserver`` aggregates
   them and exports them as a dict, JSON or Prometheus text.
 
+The strategy is :class:`PydanticAIStrategy` with a local policy check in front: a prompt
+containing "forbidden" fails with a ``ValueError`` (a permanent error) before any call.
+
+Runs offline against the provider simulator; with ``--real`` and ``OPENAI_API_KEY`` set,
+against the real OpenAI API.
+
 Run it with ``python examples/middleware_observers.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from _provider import endpoint, parse_args
+from pydantic_ai import Agent
+
 from async_batch_llm import (
     BaseMiddleware,
     BaseObserver,
-    LLMCallStrategy,
+    GeminiErrorClassifier,
     LLMWorkItem,
     MetricsObserver,
     ParallelBatchProcessor,
     ProcessingEvent,
     ProcessorConfig,
+    PydanticAIStrategy,
     RetryState,
     TokenUsage,
     WorkItemResult,
@@ -34,18 +45,17 @@ Item = LLMWorkItem[str, str, None]
 Result = WorkItemResult[str, None]
 
 
-class EchoStrategy(LLMCallStrategy[str]):
-    """Echoes the prompt; rejects prompts containing "forbidden" with a permanent error."""
+class PolicyCheckedStrategy(PydanticAIStrategy[str]):
+    """Runs the agent, after refusing prompts that fail a local policy check."""
 
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
     ) -> tuple[str, TokenUsage]:
-        await asyncio.sleep(0.002)
         if "forbidden" in prompt:
-            # ValueError is a permanent error for DefaultErrorClassifier: no retry.
+            # A ValueError is a permanent error for the classifiers: no retry.
             msg = f"refusing prompt {prompt!r}"
             raise ValueError(msg)
-        return f"  echo: {prompt}  ", {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10}
+        return await super().execute(prompt, attempt, timeout, state)
 
 
 # --8<-- [start:middleware]
@@ -92,21 +102,27 @@ class EventCounter(BaseObserver):
 # --8<-- [end:observer]
 
 
-async def main() -> None:
-    strategy = EchoStrategy()
+async def main(args: argparse.Namespace) -> None:
     events = EventCounter()
     metrics = MetricsObserver()
-    prompts = ["hello", "", "forbidden words", "goodbye", "   "]
-    # --8<-- [start:wiring]
-    async with ParallelBatchProcessor[str, str, None](
-        config=ProcessorConfig(max_workers=2),
-        middlewares=[SkipBlankPrompts(), StripOutput(), FallbackAnswer()],
-        observers=[events, metrics],
-    ) as processor:
-        for i, prompt in enumerate(prompts):
-            await processor.add_work(LLMWorkItem(item_id=f"p{i}", strategy=strategy, prompt=prompt))
-        result = await processor.process_all()
-    # --8<-- [end:wiring]
+    prompts = ["Say hello.", "", "forbidden words", "Say goodbye.", "   "]
+    async with endpoint("openai", real=args.real) as target:
+        print(f"Asking {target.describe()}\n")
+        agent = Agent(target.openai_model("gpt-4o-mini"), instructions="Answer in a few words.")
+        strategy = PolicyCheckedStrategy(agent)
+        # --8<-- [start:wiring]
+        async with ParallelBatchProcessor[str, str, None](
+            config=ProcessorConfig(max_workers=2),
+            error_classifier=GeminiErrorClassifier(),
+            middlewares=[SkipBlankPrompts(), StripOutput(), FallbackAnswer()],
+            observers=[events, metrics],
+        ) as processor:
+            for i, prompt in enumerate(prompts):
+                await processor.add_work(
+                    LLMWorkItem(item_id=f"p{i}", strategy=strategy, prompt=prompt)
+                )
+            result = await processor.process_all()
+        # --8<-- [end:wiring]
 
     for item in sorted(result.results, key=lambda r: r.item_id):
         print(f"{item.item_id}  success={item.success!s:<5}  {item.output or item.error}")
@@ -119,4 +135,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(parse_args(__doc__ or "", "openai")))

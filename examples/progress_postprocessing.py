@@ -1,17 +1,27 @@
-"""Report progress while a batch runs and save every result as soon as it is final.
+"""Show a live progress bar and save every result to a JSON Lines file as soon as it is final.
 
-* The progress callback gets ``(completed, total, current_item_id)`` every
-  ``progress_interval`` results. It runs in the background and never slows the workers.
+* :class:`RichProgressObserver` (extra ``progress``) draws the bar: items done, succeeded
+  and failed, rate limits and cooldowns, throughput.
 * The post-processor gets every final :class:`WorkItemResult`, successes and failures
   alike, before ``process_all()`` returns. Here it appends one JSON line per result, so a
   crash half-way still leaves the finished results on disk.
+* The progress callback gets ``(completed, total, current_item_id)`` every
+  ``progress_interval`` results, in the background; here it prints a checkpoint line above
+  the bar.
 * Each item carries a ``context`` (here: the source row) that comes back on its result.
 
-Run it with ``python examples/progress_postprocessing.py``.
+Rows without text fail at once, without a call. The file goes to ``--out`` (by default a
+temporary directory that is removed at the end).
+
+Runs offline against the provider simulator; with ``--real`` and ``OPENAI_API_KEY`` set,
+against the real OpenAI API.
+
+Run it with ``python examples/progress_postprocessing.py [--out results.jsonl]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -20,16 +30,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypedDict
 
+from _provider import endpoint, parse_args
+from pydantic_ai import Agent
+
 from async_batch_llm import (
-    BatchResult,
-    LLMCallStrategy,
     LLMWorkItem,
     ParallelBatchProcessor,
     ProcessorConfig,
+    PydanticAIStrategy,
     RetryState,
     TokenUsage,
     WorkItemResult,
 )
+from async_batch_llm.observers.progress import RichProgressObserver
 
 
 class Row(TypedDict):
@@ -39,33 +52,27 @@ class Row(TypedDict):
     text: str
 
 
-class LengthStrategy(LLMCallStrategy[int]):
-    """Counts words; fails (permanently) on rows that are not text."""
+class TranslateStrategy(PydanticAIStrategy[str]):
+    """Runs the agent; a row without text fails at once (a ValueError is permanent)."""
 
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
-    ) -> tuple[int, TokenUsage]:
-        await asyncio.sleep(0.001)
-        if prompt.isdigit():
-            msg = f"expected text, got the number {prompt}"
-            raise TypeError(msg)
-        return len(prompt.split()), {"input_tokens": 8, "output_tokens": 1, "total_tokens": 9}
+    ) -> tuple[str, TokenUsage]:
+        if not prompt.strip():
+            raise ValueError("the row has no text to translate")
+        return await super().execute(prompt, attempt, timeout, state)
 
 
 # --8<-- [start:callbacks]
-async def print_progress(completed: int, total: int, current_item: str) -> None:
-    print(f"progress: {completed}/{total} (last finished: {current_item})")
-
-
-def jsonl_writer(out: IO[str]) -> Callable[[WorkItemResult[int, Row]], None]:
+def jsonl_writer(out: IO[str]) -> Callable[[WorkItemResult[str, Row]], None]:
     """A post-processor that appends each final result to ``out`` as one JSON line."""
 
-    def write(result: WorkItemResult[int, Row]) -> None:
+    def write(result: WorkItemResult[str, Row]) -> None:
         record = {
             "id": result.item_id,
             "line": result.context["line"] if result.context else None,
             "ok": result.success,
-            "words": result.output,
+            "translation": result.output,
             "error": result.error,
         }
         out.write(json.dumps(record) + "\n")
@@ -77,36 +84,54 @@ def jsonl_writer(out: IO[str]) -> Callable[[WorkItemResult[int, Row]], None]:
 # --8<-- [end:callbacks]
 
 
-async def main(out: IO[str]) -> BatchResult[int, Row]:
-    rows = [Row(line=n, text=text) for n, text in enumerate(["a b c", "hello world", "42"] * 10)]
-    strategy = LengthStrategy()
-    # --8<-- [start:wiring]
-    async with ParallelBatchProcessor[str, int, Row](
-        config=ProcessorConfig(max_workers=4, progress_interval=10),
-        progress_callback=print_progress,
-        post_processor=jsonl_writer(out),
-    ) as processor:
-        for row in rows:
-            await processor.add_work(
-                LLMWorkItem(
-                    item_id=f"row-{row['line']}",
-                    strategy=strategy,
-                    prompt=row["text"],
-                    context=row,
+async def run(args: argparse.Namespace, out: IO[str]) -> None:
+    texts = ["Good morning", "Thank you", "", "See you tomorrow", "Where is the station?"]
+    rows = [Row(line=n, text=texts[n % len(texts)]) for n in range(100)]
+    async with endpoint("openai", real=args.real) as target:
+        agent = Agent(target.openai_model("gpt-4o-mini"), instructions="Translate to French.")
+        strategy = TranslateStrategy(agent)
+        # --8<-- [start:wiring]
+        progress = RichProgressObserver(description="Translating")
+
+        async def checkpoint(completed: int, total: int, current_item: str) -> None:
+            progress.console.print(f"checkpoint: {completed}/{total} done, last {current_item}")
+
+        async with ParallelBatchProcessor[str, str, Row](
+            config=ProcessorConfig(max_workers=8, progress_interval=25),
+            observers=[progress],
+            progress_callback=checkpoint,
+            post_processor=jsonl_writer(out),
+        ) as processor:
+            for row in rows:
+                await processor.add_work(
+                    LLMWorkItem(
+                        item_id=f"row-{row['line']}",
+                        strategy=strategy,
+                        prompt=row["text"],
+                        context=row,
+                    )
                 )
-            )
-        result = await processor.process_all()
-    # --8<-- [end:wiring]
-    return result
+            result = await processor.process_all()
+        # --8<-- [end:wiring]
+    progress.console.print(f"{result.succeeded} succeeded, {result.failed} failed")
+
+
+def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.out) if args.out else Path(tmp) / "results.jsonl"
+        with path.open("w", encoding="utf-8") as out:
+            asyncio.run(run(args, out))
+        saved = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    print(f"{len(saved)} lines saved to {path if args.out else path.name}, e.g.")
+    for ok in (True, False):
+        print("  " + json.dumps(next(record for record in saved if record["ok"] is ok)))
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="the JSON Lines file to write (a temporary one)")
 
 
 if __name__ == "__main__":
     # Each permanent failure is also logged as one ERROR line; this example prints its own.
     logging.basicConfig(level=logging.CRITICAL)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "results.jsonl"
-        with path.open("w") as out:
-            result = asyncio.run(main(out))
-        saved = path.read_text().splitlines()
-    print(f"{len(saved)} lines saved to results.jsonl, e.g. {saved[0]}")
-    print(f"{result.succeeded} succeeded, {result.failed} failed")
+    main(parse_args(__doc__ or "", "openai", configure=options))
