@@ -152,6 +152,28 @@ class TestWaitingCalls:
         assert ticket.admission.admitted_at == pytest.approx(start + 5.0)
         assert timed_clock.sleeps == [1.0, 5.0]
 
+    async def test_waiting_calls_rebooked_after_a_limit_change_get_a_slot_each(
+        self, timed_clock: FakeClock
+    ) -> None:
+        """Headers doubling the limit wake the waiting calls; booked again they go one new
+        interval apart, not all at once in the last slot."""
+        controller = make_controller(timed_clock, rpm=60, safety_margin=0.0)
+        first = await controller.admit(SCOPE)
+        waiters = [asyncio.ensure_future(controller.admit(SCOPE)) for _ in range(3)]
+        await timed_clock.settle(waiters)
+        assert timed_clock.sleeps == [1.0, 2.0, 3.0]
+        start = timed_clock.now
+        controller.observe_headers(first, {"x-ratelimit-limit-requests": "120"})
+        await timed_clock.settle(waiters)
+        assert sorted(timed_clock.sleeps[3:]) == [0.5, 1.0, 1.5]
+        admitted = []
+        for _ in range(3):
+            timed_clock.advance(0.5)
+            await timed_clock.settle(waiters)
+            admitted.append(sum(waiter.done() for waiter in waiters))
+        assert admitted == [1, 2, 3]
+        assert timed_clock.now - start == pytest.approx(1.5)
+
     async def test_quota_exhaustion_raises_at_admit_at_once(self, clock: FakeClock) -> None:
         """After one quota error every admission in the scope fails without waiting."""
         controller = make_controller(clock, rpm=1)

@@ -75,6 +75,22 @@ class TestRateChanges:
         pacer.set_rate(1.0, T0, burst=1.0)
         assert pacer.reserve(1, T0) == pytest.approx(4.0)
 
+    def test_a_larger_burst_fills_up_at_the_new_rate(self) -> None:
+        """1/s with a burst of 1 raised to 2/s with a burst of 4: one unit may go now, the
+        others follow at the new rate instead of three extra at once."""
+        pacer = Pacer(1.0, burst=1.0, now=T0)
+        pacer.set_rate(2.0, T0, burst=4.0)
+        assert delays(pacer, 3) == [0.0, 0.5, 1.0]
+        assert pacer.available(T0 + 3.0) == 4.0
+
+    def test_lowering_the_rate_after_a_burst_waits_one_new_interval(self) -> None:
+        """A burst of 4 at 4/s used up, then 1/s: the next unit waits one second (the empty
+        burst refilling at the new rate), not four (the burst re-priced at the new rate)."""
+        pacer = Pacer(4.0, burst=4.0, now=T0)
+        assert delays(pacer, 4) == [0.0] * 4
+        pacer.set_rate(1.0, T0, burst=1.0)
+        assert pacer.reserve(1, T0) == pytest.approx(1.0)
+
     def test_becoming_limited_starts_with_a_full_burst(self) -> None:
         """From unlimited to a rate: the burst is available at once."""
         pacer = Pacer(None, now=T0)
@@ -162,6 +178,21 @@ class TestSync:
         delays(pacer, 5)
         pacer.sync(-1.0, T0)
         assert pacer.credit == 0.0
+
+    def test_credit_only_pays_for_a_booking_it_lets_go_at_once(self) -> None:
+        """A booking that would wait anyway keeps its place in line and leaves the credit
+        for one that can go now; a partly paid booking that then conforms uses it."""
+        pacer = Pacer(1.0, burst=1.0, now=T0)
+        delays(pacer, 5)
+        pacer.sync(2.0, T0)
+        assert pacer.reserve(3.0, T0) == pytest.approx(5.0)
+        assert pacer.credit == 2.0
+        assert pacer.reserve(1.0, T0) == 0.0
+        assert pacer.credit == 1.0
+        idle = Pacer(1.0, burst=1.0, now=T0)
+        idle.sync(5.0, T0)
+        assert idle.reserve(5.0, T0) == 0.0
+        assert idle.credit == 0.0
 
     def test_clear_credit_and_restart_forget_the_credit(self) -> None:
         """Credit from headers is void after a rate limit."""

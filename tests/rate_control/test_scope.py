@@ -250,6 +250,29 @@ class TestHeaderHolds:
         state.observe(LimitObservation(limit_requests=60, remaining_requests=10), observed, T0)
         assert waits(state, T0, 5) == [0.0, 0.0, 0.0, 0.0, 1.0]
 
+    def test_calls_still_waiting_for_their_turn_do_not_count_against_remaining(self) -> None:
+        """Booked calls not yet sent leave the provider's spare units to new calls: only
+        calls admitted after the observed one are subtracted (remaining 10, reserve 1)."""
+        state = controller(rpm=60, safety_margin=0.0)
+        observed = go(state, T0)
+        waiting = [state.book(0, T0) for _ in range(3)]
+        assert [booking.ready_at - T0 for booking in waiting] == [1.0, 2.0, 3.0]
+        state.observe(LimitObservation(limit_requests=60, remaining_requests=10), observed, T0)
+        assert waits(state, T0, 10)[:9] == [0.0] * 9
+        assert state.requests.pacer.credit == 0.0
+
+    def test_a_new_limit_makes_waiting_calls_book_again_at_the_new_pace(self) -> None:
+        """Three calls waiting at 60/min when headers raise the limit to 120/min: their
+        bookings stop holding, and booked again they go half a second apart."""
+        state = controller(rpm=60, safety_margin=0.0)
+        observed = go(state, T0)
+        waiting = [state.book(0, T0) for _ in range(3)]
+        state.observe(LimitObservation(limit_requests=120), observed, T0)
+        assert not any(state.is_current(booking) for booking in waiting)
+        for booking in waiting:
+            state.cancel(booking)
+        assert waits(state, T0, 3) == [0.5, 1.0, 1.5]
+
     def test_an_older_response_does_not_override_a_newer_one(self) -> None:
         """Remaining from a call admitted before the last observed one is ignored."""
         state = controller()
@@ -267,6 +290,17 @@ class TestTokens:
         state.succeeded_with(admission, 100, T0)
         booking = state.book(1000, T0)
         assert booking.ready_at - T0 == pytest.approx(0.1)
+        assert state.tokens_used == 100
+
+    def test_unused_estimate_is_kept_when_the_token_limit_comes_from_headers(self) -> None:
+        """With a header token limit the provider's remaining decides: a call that used 100
+        of 1000 booked tokens still holds the next call for the whole 1000."""
+        state = controller(safety_margin=0.0, burst_seconds=0.001)
+        state.observe(LimitObservation(limit_tokens=60_000), go(state, T0), T0)
+        admission = go(state, T0, tokens=1000)
+        state.succeeded_with(admission, 100, T0)
+        booking = state.book(1000, T0)
+        assert booking.ready_at - T0 == pytest.approx(1.0)
         assert state.tokens_used == 100
 
     def test_usage_above_the_estimate_is_charged(self) -> None:

@@ -131,7 +131,10 @@ class RateController:
         tokens = max(0, int(estimated_tokens))
         state = self.scope_state(scope)
         while True:
+            generation = state.generation
             booking = state.book(tokens, self._clock())
+            # Learning may have changed the pace while booking: the waiting calls book again.
+            self._wake_if_changed(state, generation)
             delay = booking.ready_at - self._clock()
             if delay > 0:
                 try:
@@ -152,7 +155,9 @@ class RateController:
         observation = parse_rate_limit_headers(headers, now=self._wall_clock())
         if not observation.is_empty:
             state = self.scope_state(ticket.scope)
+            generation = state.generation
             state.observe(observation, ticket.admission, self._clock())
+            self._wake_if_changed(state, generation)
         return observation
 
     def complete(self, ticket: Ticket, usage: Mapping[str, Any] | int | None = None) -> None:

@@ -5,7 +5,8 @@ be paid off at ``rate`` units per second. Booking ``cost`` units pushes the TAT 
 ``cost / rate``; a booking may start once the TAT is at most ``burst`` units ahead of now.
 
 On top of plain GCRA the pacer holds *credit*: extra units a provider's headers said are spare
-(its remaining budget beyond our own burst), spent before any pacing applies.
+(its remaining budget beyond our own burst). Credit only ever lets a booking go at once; a
+booking that would still wait for its turn leaves the credit alone.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Pacer:
 
     @property
     def credit(self) -> float:
-        """Spare units granted by :meth:`sync`, spent before pacing applies."""
+        """Spare units granted by :meth:`sync`, spent by bookings they let go at once."""
         return self._credit
 
     def available(self, now: float) -> float:
@@ -71,21 +72,31 @@ class Pacer:
         """Book ``cost`` units; return the seconds until they may be used (``0.0``: at once).
 
         A cost above the burst is allowed: it goes once earlier bookings are paid off, and
-        the bookings after it wait for it.
+        the bookings after it wait for it. Credit pays for the booking only when that lets it
+        go at once.
         """
         rate = self._rate
         if rate is None or cost <= 0:
             return 0.0
-        if self._credit > 0:
-            spent = min(self._credit, cost)
+        spent = min(self._credit, cost)
+        if spent > 0 and (spent >= cost or self._delay(cost - spent, now) <= 0):
+            # A booking that would still wait must not use the credit: it is not sent yet, so
+            # the provider's next report would show the same spare units and grant them again.
             self._credit -= spent
             cost -= spent
             if cost <= 0:
                 return 0.0
-        start = max(self._tat, now)
+        delay = self._delay(cost, now)
+        self._tat = max(self._tat, now) + cost / rate
+        return delay
+
+    def _delay(self, cost: float, now: float) -> float:
+        """The wait :meth:`reserve` would answer for ``cost`` (limited pacer), booking nothing."""
+        rate = self._rate
+        if rate is None:
+            return 0.0
         tolerance = max(0.0, self._burst - cost) / rate
-        self._tat = start + cost / rate
-        return max(0.0, start - now - tolerance)
+        return max(0.0, max(self._tat, now) - now - tolerance)
 
     def refund(self, cost: float) -> None:
         """Give back ``cost`` booked units that were not used (the next bookings move up)."""
@@ -95,9 +106,11 @@ class Pacer:
             self._tat -= cost / self._rate
 
     def set_rate(self, rate: float | None, now: float, *, burst: float | None = None) -> None:
-        """Change the pace; the work still booked is kept and paid off at the new rate.
+        """Change the pace; what may go at once is kept (up to the new burst).
 
-        ``burst`` defaults to :func:`default_burst` of the new rate.
+        Work booked beyond that is paid off at the new rate, and a larger burst fills up at
+        the new rate rather than at once. ``burst`` defaults to :func:`default_burst` of the
+        new rate.
         """
         if rate is not None:
             _check_positive("rate", rate, "units per second; use None for unlimited")
@@ -109,8 +122,11 @@ class Pacer:
         elif old is None:
             self._tat = max(self._tat, now)
         else:
-            debt = max(0.0, self._tat - now) * old
-            self._tat = now + debt / rate
+            # Like a provider's bucket when its limit changes: what may go now stays (capped
+            # at the new burst) and refills at the new rate. Keeping the booked units instead
+            # would make the last second at a higher rate cost seconds at a lower one.
+            available = min(self._burst - max(0.0, self._tat - now) * old, new_burst)
+            self._tat = now + (new_burst - available) / rate
         self._rate = rate
         self._burst = new_burst
 

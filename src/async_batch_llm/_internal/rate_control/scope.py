@@ -208,8 +208,6 @@ class Booking:
     tokens: int
     generation: int
     ready_at: float
-    request_serial: int
-    token_serial: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,19 +233,22 @@ class _Budget:
         self.source: LimitSource | None = None
         #: ``remaining`` of the newest observation.
         self.remaining: float | None = None
-        #: Units booked so far (a running count that orders bookings and observations).
+        #: Units admitted so far (a running count that orders admissions and observations).
         self.serial = 0
         self.observed_serial = -1
 
     def set_limit(
         self, limit: float, source: LimitSource, now: float, settings: RateSettings
-    ) -> None:
+    ) -> bool:
+        """Pace to ``limit`` units per second; return whether the pace changed."""
         # Known limits keep a margin for what is counted elsewhere (other clients, rounding);
         # a learned one is already what the provider tolerated.
         pace = limit if source == "learned" else limit * (1.0 - settings.safety_margin)
+        changed = self.pacer.rate != pace
         self.pacer.set_rate(pace, now, burst=default_burst(pace, settings.burst_seconds))
         self.limit = limit
         self.source = source
+        return changed
 
     def observe(
         self,
@@ -257,22 +258,26 @@ class _Budget:
         serial: int,
         now: float,
         settings: RateSettings,
-    ) -> None:
+    ) -> bool:
+        """Apply one response's limit, remaining and reset; return whether the pace changed."""
+        changed = False
         if limit is not None and limit > 0:
             per_second = limit / settings.window_seconds
             if self.source != "header" or not math.isclose(per_second, self.limit or 0.0):
-                self.set_limit(per_second, "header", now, settings)
+                changed = self.set_limit(per_second, "header", now, settings)
         if remaining is None or serial < self.observed_serial:
             # An older response than one already applied says less about now.
-            return
+            return changed
         self.observed_serial = serial
         self.remaining = remaining
         if self.limit is None:
-            return
-        # Calls booked after the observed one were not counted by the provider yet.
+            return changed
+        # Calls admitted after the observed one may not be counted by the provider yet. Calls
+        # still waiting for their turn are not: they go at the pace, which the refill covers.
         reserve = max(1.0, settings.safety_margin * self.limit * settings.window_seconds)
         available = remaining - (self.serial - serial) - reserve
         self.pacer.sync(available, now, refill_within=reset)
+        return changed
 
 
 class ScopeController:
@@ -285,7 +290,7 @@ class ScopeController:
 
     Attributes:
         generation: Bumped whenever bookings made earlier stop holding (a pause began, the
-            quota ran out); waiting calls book again.
+            pace changed, the quota ran out); waiting calls book again.
         episode: Bumped on every learned decrease; 429s of calls admitted in an earlier
             episode do not decrease again.
     """
@@ -307,6 +312,10 @@ class ScopeController:
         if settings.tpm is not None:
             self.tokens.set_limit(settings.tpm / 60.0, "configured", now, settings)
         self.generation = 0
+        # Units booked by calls still waiting for their turn (released at once when their
+        # bookings stop holding, so that the calls book again one after the other).
+        self._waiting_requests = 0
+        self._waiting_tokens = 0
         self.episode = 0
         self.paused_until = -math.inf
         self.exhausted_reason: str | None = None
@@ -338,33 +347,33 @@ class ScopeController:
         token_delay = self.tokens.pacer.reserve(tokens, now)
         if request_delay > 0:
             self._interval_paced = True
-        self.requests.serial += 1
-        self.tokens.serial += tokens
+        self._waiting_requests += 1
+        self._waiting_tokens += tokens
         return Booking(
             tokens=tokens,
             generation=self.generation,
             ready_at=max(now + max(request_delay, token_delay), self.paused_until),
-            request_serial=self.requests.serial,
-            token_serial=self.tokens.serial,
         )
 
     def is_current(self, booking: Booking) -> bool:
-        """Whether ``booking`` still holds (no pause or exhaustion happened since)."""
+        """Whether ``booking`` still holds (no pause, pace change or exhaustion since)."""
         return booking.generation == self.generation
 
     def cancel(self, booking: Booking) -> None:
         """Release a booking whose call will not be made (cancelled, or booking again)."""
-        self.requests.serial -= 1
-        self.tokens.serial -= booking.tokens
-        self.tokens.pacer.refund(booking.tokens)
         if self.is_current(booking):
-            # A pause restarts the request pacer without the old bookings: nothing to refund.
+            self._release_booking(booking)
             self.requests.pacer.refund(1)
+            self.tokens.pacer.refund(booking.tokens)
+        # A booking that stopped holding was released with all the others at that moment.
 
     def admit(self, booking: Booking, now: float) -> Admission:
-        """Let the call of ``booking`` go now."""
+        """Let the call of ``booking`` (a current one) go now."""
+        self._release_booking(booking)
         self.in_flight += 1
         self.admitted += 1
+        self.requests.serial += 1
+        self.tokens.serial += booking.tokens
         if self._first_admitted_at is None:
             self._first_admitted_at = now
         self._recent.append(now)
@@ -372,8 +381,8 @@ class ScopeController:
         return Admission(
             tokens=booking.tokens,
             episode=self.episode,
-            request_serial=booking.request_serial,
-            token_serial=booking.token_serial,
+            request_serial=self.requests.serial,
+            token_serial=self.tokens.serial,
             admitted_at=now,
         )
 
@@ -382,7 +391,7 @@ class ScopeController:
     def observe(self, observation: LimitObservation, admission: Admission, now: float) -> None:
         """Apply what the response to ``admission``'s call said about the limits."""
         settings = self.settings
-        self.requests.observe(
+        requests_changed = self.requests.observe(
             observation.limit_requests,
             observation.remaining_requests,
             observation.reset_requests_s,
@@ -390,7 +399,7 @@ class ScopeController:
             now,
             settings,
         )
-        self.tokens.observe(
+        tokens_changed = self.tokens.observe(
             observation.limit_tokens,
             observation.remaining_tokens,
             observation.reset_tokens_s,
@@ -398,9 +407,16 @@ class ScopeController:
             now,
             settings,
         )
+        if requests_changed or tokens_changed:
+            self._repace()
 
     def succeeded_with(self, admission: Admission, used_tokens: int | None, now: float) -> None:
-        """The call completed; ``used_tokens`` (when known) replaces its estimate."""
+        """The call completed; ``used_tokens`` (when known) replaces its estimate.
+
+        With a token limit from headers the unused part of the estimate is not given back:
+        providers such as OpenAI keep what they reserved for ``max_tokens``, and one that
+        does give it back reports it as ``remaining``, which the pacer then spends.
+        """
         self.in_flight -= 1
         self.succeeded += 1
         if used_tokens is None:
@@ -411,7 +427,7 @@ class ScopeController:
             # Charged like a booking that does not wait: later calls wait for it instead.
             self.tokens.pacer.reserve(extra, now)
             self.tokens.serial += extra
-        else:
+        elif self.tokens.source != "header":
             self.tokens.pacer.refund(-extra)
 
     def failed_with(self, admission: Admission, used_tokens: int | None) -> None:
@@ -443,7 +459,7 @@ class ScopeController:
         """A hard quota ran out: every later (and every waiting) admission fails."""
         self.exhausted = True
         self.exhausted_reason = reason
-        self.generation += 1
+        self._void_bookings(requests_dropped=False)
 
     def release(self) -> None:
         """A call admitted earlier ends without an outcome to learn from (e.g. cancelled)."""
@@ -454,10 +470,9 @@ class ScopeController:
         if until <= self.paused_until:
             return
         self.paused_until = until
-        self.generation += 1
         self.requests.pacer.restart(until)
-        # What the headers promised is void after a 429; token bookings stay and are
-        # refunded one by one as the waiting calls book again.
+        self._void_bookings(requests_dropped=True)
+        # What the headers promised is void after a 429.
         self.tokens.pacer.clear_credit()
 
     def pause_remaining(self, now: float) -> float:
@@ -478,7 +493,8 @@ class ScopeController:
             target = max(self.succeeded, 1) / (self.settings.window_seconds + elapsed)
         else:
             target = pace * self.settings.decrease_factor
-        self.requests.set_limit(max(target, MIN_LEARNED_RATE), "learned", now, self.settings)
+        if self.requests.set_limit(max(target, MIN_LEARNED_RATE), "learned", now, self.settings):
+            self._repace()
         self._start_interval(now)
 
     def _consider_increase(self, now: float) -> None:
@@ -491,9 +507,31 @@ class ScopeController:
             raised = pace + max(pace * self.settings.increase_fraction, MIN_INCREASE)
             if self.ceiling is not None:
                 raised = min(raised, self.ceiling)
-            if raised > pace:
-                self.requests.set_limit(raised, "learned", now, self.settings)
+            if raised > pace and self.requests.set_limit(raised, "learned", now, self.settings):
+                self._repace()
         self._start_interval(now)
+
+    def _repace(self) -> None:
+        # Calls waiting for their turn were scheduled at the old pace: too fast after a
+        # decrease, and after an increase they would overlap the calls booked at the new one.
+        self._void_bookings(requests_dropped=False)
+
+    def _void_bookings(self, *, requests_dropped: bool) -> None:
+        """Make every waiting call book again; give back what they booked, all at once.
+
+        Released one by one instead, each call would book again into the slot it had just
+        given back, and all of them would get the last slot.
+        """
+        self.generation += 1
+        if not requests_dropped:
+            self.requests.pacer.refund(self._waiting_requests)
+        self.tokens.pacer.refund(self._waiting_tokens)
+        self._waiting_requests = 0
+        self._waiting_tokens = 0
+
+    def _release_booking(self, booking: Booking) -> None:
+        self._waiting_requests -= 1
+        self._waiting_tokens -= booking.tokens
 
     def _start_interval(self, now: float) -> None:
         self._interval_start = now
