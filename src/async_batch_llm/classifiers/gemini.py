@@ -16,6 +16,7 @@ from async_batch_llm.strategies.errors import (
     ErrorClassifier,
     ErrorInfo,
     FrameworkTimeoutError,
+    error_info,
 )
 
 try:
@@ -105,19 +106,9 @@ class GeminiErrorClassifier(ErrorClassifier):
     def classify(self, exception: Exception) -> ErrorInfo:
         """Return how ``exception`` should be handled, by the rules in the class docstring."""
         if isinstance(exception, FrameworkTimeoutError):
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=True,
-                error_category="framework_timeout",
-            )
+            return error_info("framework_timeout", retryable=True, timeout=True)
         if is_quota_exhausted(exception):
-            return ErrorInfo(
-                is_retryable=False,
-                is_rate_limit=False,
-                is_timeout=False,
-                error_category=QUOTA_EXHAUSTED_CATEGORY,
-            )
+            return error_info(QUOTA_EXHAUSTED_CATEGORY, retryable=False)
         msg = _message_of(exception)
         status = _http_status(exception)
         if status is not None:
@@ -125,58 +116,29 @@ class GeminiErrorClassifier(ErrorClassifier):
             if info is not None:
                 return info
         if _UnexpectedModelBehavior is not None and isinstance(exception, _UnexpectedModelBehavior):
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=False,
-                error_category="validation_error",
-            )
+            return error_info("validation_error", retryable=True)
         if _matches_any_pattern(msg, RATE_LIMIT_PATTERNS):
             return self._rate_limit(exception)
         if _matches_any_pattern(msg, TIMEOUT_PATTERNS):
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=True,
-                error_category="timeout",
-            )
+            return error_info("timeout", retryable=True, timeout=True)
         return self._fallback.classify(exception)
 
     def _classify_status(self, exception: Exception, status: int, msg: str) -> ErrorInfo | None:
         if status == _HTTP_TOO_MANY_REQUESTS:
             return self._rate_limit(exception)
         if status == _HTTP_REQUEST_TIMEOUT:
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=True,
-                error_category="timeout",
-            )
+            return error_info("timeout", retryable=True, timeout=True)
         if 500 <= status < 600:
             timed_out = _matches_any_pattern(msg, TIMEOUT_PATTERNS)
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=timed_out,
-                error_category="server_timeout" if timed_out else "server_error",
-            )
+            category = "server_timeout" if timed_out else "server_error"
+            return error_info(category, retryable=True, timeout=timed_out)
         if 400 <= status < 500:
-            return ErrorInfo(
-                is_retryable=False,
-                is_rate_limit=False,
-                is_timeout=False,
-                error_category="client_error",
-            )
+            return error_info("client_error", retryable=False)
         # Not an HTTP error status (e.g. a websocket close code): judge by the message.
         return None
 
     @staticmethod
     def _rate_limit(exception: Exception) -> ErrorInfo:
         hint = retry_after_seconds(exception)
-        return ErrorInfo(
-            is_retryable=False,
-            is_rate_limit=True,
-            is_timeout=False,
-            error_category="rate_limit",
-            suggested_wait=DEFAULT_RATE_LIMIT_WAIT if hint is None else hint,
-        )
+        wait = DEFAULT_RATE_LIMIT_WAIT if hint is None else hint
+        return error_info("rate_limit", retryable=False, rate_limit=True, suggested_wait=wait)

@@ -134,6 +134,24 @@ class ErrorInfo:
     suggested_wait: float | None = None
 
 
+def error_info(
+    category: str,
+    *,
+    retryable: bool,
+    rate_limit: bool = False,
+    timeout: bool = False,
+    suggested_wait: float | None = None,
+) -> ErrorInfo:
+    """An :class:`ErrorInfo` written as one row of a classifier's rule table."""
+    return ErrorInfo(
+        is_retryable=retryable,
+        is_rate_limit=rate_limit,
+        is_timeout=timeout,
+        error_category=category,
+        suggested_wait=suggested_wait,
+    )
+
+
 class ErrorClassifier(ABC):
     """Decides how the processor treats an exception raised by a strategy.
 
@@ -166,63 +184,23 @@ class DefaultErrorClassifier(ErrorClassifier):
         from async_batch_llm.classifiers._quota import is_quota_exhausted
 
         if is_quota_exhausted(exception):
-            return ErrorInfo(
-                is_retryable=False,
-                is_rate_limit=False,
-                is_timeout=False,
-                error_category="quota_exhausted",
-            )
+            return error_info("quota_exhausted", retryable=False)
         msg = _message_of(exception).lower()
         if self._matches_rate_limit(msg):
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=True,
-                is_timeout=False,
-                error_category="rate_limit",
-                suggested_wait=DEFAULT_RATE_LIMIT_WAIT,
-            )
+            wait = DEFAULT_RATE_LIMIT_WAIT
+            return error_info("rate_limit", retryable=True, rate_limit=True, suggested_wait=wait)
         if isinstance(exception, FrameworkTimeoutError):
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=True,
-                error_category="framework_timeout",
-            )
+            return error_info("framework_timeout", retryable=True, timeout=True)
         if isinstance(exception, TimeoutError) or "timeout" in msg:
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=True,
-                error_category="api_timeout",
-            )
+            return error_info("api_timeout", retryable=True, timeout=True)
         if isinstance(exception, ConnectionError) or "connection" in msg:
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=False,
-                error_category="connection_error",
-            )
+            return error_info("connection_error", retryable=True)
         # Checked before the logic-error types: pydantic's ValidationError is a ValueError.
         if isinstance(exception, ValidationError):
-            return ErrorInfo(
-                is_retryable=True,
-                is_rate_limit=False,
-                is_timeout=False,
-                error_category="validation_error",
-            )
+            return error_info("validation_error", retryable=True)
         if isinstance(exception, _LOGIC_ERROR_TYPES):
-            return ErrorInfo(
-                is_retryable=False,
-                is_rate_limit=False,
-                is_timeout=False,
-                error_category="logic_error",
-            )
-        return ErrorInfo(
-            is_retryable=True,
-            is_rate_limit=False,
-            is_timeout=False,
-            error_category="unknown",
-        )
+            return error_info("logic_error", retryable=False)
+        return error_info("unknown", retryable=True)
 
     @staticmethod
     def _matches_rate_limit(error_str: str) -> bool:
