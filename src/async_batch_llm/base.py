@@ -318,6 +318,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._processing_started = False
         self._progress_callback_is_async = is_async_callable(progress_callback)
         self._progress = ProgressNotifier(self._progress_tasks)
+        self._progress_every = self.progress_interval
 
     async def __aenter__(self) -> Self:
         return self
@@ -367,6 +368,8 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._processing_started = True
         self._results = []
         self._stats = ProcessingStats(total=self._queue.qsize(), start_time=time.time())
+        # Read once per batch: the property may go through the config on every access.
+        self._progress_every = self.progress_interval
         self._is_processing = True
         try:
             await self._on_batch_started()
@@ -459,7 +462,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             except (AttributeError, TypeError) as exc:
                 logger.warning("Ignoring malformed token_usage of item %s: %r", item_id, exc)
         processed = stats.processed
-        if processed % self.progress_interval == 0:
+        if processed % self._progress_every == 0:
             logger.info(
                 "Progress: %d/%d done (%d succeeded, %d failed)",
                 processed,
