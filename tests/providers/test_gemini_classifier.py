@@ -14,8 +14,8 @@ from async_batch_llm import (
     FrameworkTimeoutError,
     GeminiErrorClassifier,
 )
+from async_batch_llm._internal.quota import is_quota_exhausted
 from async_batch_llm.classifiers import gemini as gemini_module
-from async_batch_llm.classifiers._quota import is_quota_exhausted
 from async_batch_llm.classifiers.gemini import (
     DEFAULT_RATE_LIMIT_WAIT,
     RATE_LIMIT_PATTERNS,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from async_batch_llm._internal.deadline import AttemptDeadline
+from async_batch_llm._internal.quota import is_quota_exhausted
 from async_batch_llm._internal.rate_control.controller import (
     RateController,
     Ticket,
@@ -30,7 +31,6 @@ from async_batch_llm._internal.rate_control.scope import RateScope, scope_payloa
 from async_batch_llm._internal.retry_hints import retry_after_seconds
 from async_batch_llm._internal.retry_policy import RetryPolicy
 from async_batch_llm.base import RetryState, TokenUsage, WorkItemResult
-from async_batch_llm.classifiers._quota import is_quota_exhausted
 from async_batch_llm.observers.base import ProcessingEvent
 from async_batch_llm.strategies.errors import DefaultErrorClassifier, FrameworkTimeoutError
 from async_batch_llm.token_extractor import TokenExtractor

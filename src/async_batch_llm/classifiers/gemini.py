@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from async_batch_llm._internal.quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
 from async_batch_llm._internal.retry_hints import retry_after_seconds
-from async_batch_llm.classifiers._quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
 from async_batch_llm.strategies.errors import (
     DefaultErrorClassifier,
     ErrorClassifier,

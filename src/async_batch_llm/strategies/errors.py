@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from async_batch_llm._internal.quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
 from async_batch_llm.base import TokenUsage
 
 __all__ = [
@@ -180,11 +181,8 @@ class DefaultErrorClassifier(ErrorClassifier):
 
     def classify(self, exception: Exception) -> ErrorInfo:
         """Return how ``exception`` should be handled, by the rules in the class docstring."""
-        # Imported here: the classifiers package imports this module.
-        from async_batch_llm.classifiers._quota import is_quota_exhausted
-
         if is_quota_exhausted(exception):
-            return error_info("quota_exhausted", retryable=False)
+            return error_info(QUOTA_EXHAUSTED_CATEGORY, retryable=False)
         msg = _message_of(exception).lower()
         if self._matches_rate_limit(msg):
             wait = DEFAULT_RATE_LIMIT_WAIT
