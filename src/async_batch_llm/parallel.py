@@ -43,7 +43,6 @@ from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
 from async_batch_llm.rate_control import AdaptiveRateLimitStrategy
 from async_batch_llm.strategies.errors import DefaultErrorClassifier, ErrorClassifier
 from async_batch_llm.strategies.rate_limit import ExponentialBackoffStrategy, RateLimitStrategy
-from async_batch_llm.token_extractor import TokenExtractor
 
 __all__ = ["ERROR_MESSAGE_DETAILED_LENGTH", "ERROR_MESSAGE_MAX_LENGTH", "ParallelBatchProcessor"]
 
@@ -148,7 +147,6 @@ class ParallelBatchProcessor(
             count_rate_limit=self._count_rate_limit,
         )
         self._runner.rate_controller = _rate_controller_of(rate_limit_strategy)
-        self._token_extractor = TokenExtractor()
         self._stats_lock = asyncio.Lock()
         self._results_lock = asyncio.Lock()
 
@@ -382,7 +380,7 @@ class ParallelBatchProcessor(
         return bool(self.error_classifier.classify(exception).is_retryable)
 
     def _extract_token_usage(self, exception: BaseException) -> dict[str, int]:
-        return self._token_extractor.extract_from_exception(exception)
+        return self._runner.token_extractor.extract_from_exception(exception)
 
     async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any] | None = None) -> None:
         await self._dispatcher.emit(event, data)

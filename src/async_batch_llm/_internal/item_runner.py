@@ -155,9 +155,13 @@ class ItemRunner:
         ``_process_item_with_retries`` contract) the last error is raised instead when
         retries are exhausted, the rate-limit retry bound is passed or ``prepare()`` fails;
         it then carries the item's summed tokens (see :func:`attach_failed_usage`).
-        Cancellation always propagates.
+        Cancellation always propagates. Without a ``deadline`` (a call outside a worker)
+        one is made for this call in the current task.
         """
         strategy = item.strategy
+        owns_deadline = deadline is None
+        if deadline is None:
+            deadline = AttemptDeadline()
         try:
             if id(strategy) not in self.lifecycle.prepared_ids:
                 await self._prepare(item, strategy)
@@ -175,6 +179,9 @@ class ItemRunner:
             if raise_on_failure:
                 raise
             return await self.fail(item, exc)
+        finally:
+            if owns_deadline:
+                deadline.close()
 
     async def fail(
         self, item: LLMWorkItem[Any, Any, Any], exc: Exception
@@ -213,7 +220,7 @@ class ItemRunner:
         worker_id: int,
         strategy: Any,
         state: RetryState,
-        deadline: AttemptDeadline | None,
+        deadline: AttemptDeadline,
         exc: Exception,
         generation: int,
     ) -> WorkItemResult[Any, Any]:
@@ -265,7 +272,7 @@ class ItemRunner:
         attempt_number: int,
         strategy: Any,
         state: RetryState | None,
-        deadline: AttemptDeadline | None = None,
+        deadline: AttemptDeadline,
     ) -> WorkItemResult[Any, Any]:
         """One call of the strategy: middleware, limiter, deadline, success events.
 
@@ -301,7 +308,7 @@ class ItemRunner:
         try:
             if config.dry_run:
                 returned = await strategy.dry_run(work_item.prompt)
-            elif deadline is not None:
+            else:
                 timeout = config.timeout_per_item
                 deadline.arm(timeout)
                 try:
@@ -313,17 +320,6 @@ class ItemRunner:
                         raise self._timeout_error(work_item, start, exc) from exc
                     raise
                 deadline.disarm()
-            else:
-                timeout = config.timeout_per_item
-                try:
-                    async with asyncio.timeout(timeout) as scope:
-                        returned = await strategy.execute(
-                            work_item.prompt, attempt_number, timeout, state
-                        )
-                except TimeoutError as exc:
-                    if scope.expired():
-                        raise self._timeout_error(work_item, start, exc) from exc
-                    raise
         except BaseException as exc:
             if ticket is not None:
                 self._settle_failed(ticket, exc)
@@ -401,8 +397,9 @@ class ItemRunner:
         is re-raised; another retryable error is re-raised.
         """
         generation = self.coordinator.generation
+        deadline = AttemptDeadline()
         try:
-            return await self.attempt(item, worker_id, attempt_number, strategy, state)
+            return await self.attempt(item, worker_id, attempt_number, strategy, state, deadline)
         except Exception as exc:
             await self._call_on_error(strategy, exc, attempt_number, state)
             info = self._classify(exc)
@@ -413,6 +410,8 @@ class ItemRunner:
                 raise
             usage = self.token_extractor.extract_from_exception(exc)
             return await self._permanent_failure(item, exc, usage)
+        finally:
+            deadline.close()
 
     def _classify(self, exc: Exception) -> ErrorInfo:
         try:
@@ -450,13 +449,11 @@ class ItemRunner:
             elapsed=elapsed,
             timeout_limit=limit,
         )
-        # asyncio.timeout() raises a fresh TimeoutError from the CancelledError the strategy
-        # saw, so the strategy's usage may sit one link down the chain.
-        for source in (cause, cause.__cause__):
-            usage = getattr(source, "__dict__", {}).get(_FAILED_USAGE_ATTR)
-            if usage is not None:
-                error.__dict__[_FAILED_USAGE_ATTR] = usage
-                break
+        # A strategy that spent tokens before the deadline records them on the
+        # CancelledError it saw; the timeout error must carry them on.
+        usage = getattr(cause, "__dict__", {}).get(_FAILED_USAGE_ATTR)
+        if usage is not None:
+            error.__dict__[_FAILED_USAGE_ATTR] = usage
         return error
 
     async def _wait_out_rate_limit(
