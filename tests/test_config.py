@@ -100,6 +100,21 @@ class TestDefaults:
             "enable_detailed_logging",
             "max_queue_size",
             "dry_run",
+            "hook_timeout",
+            "prepare_timeout",
+            "cleanup_timeout",
+            "observer_timeout",
+            "observer_drain_timeout",
+            "cancellation_grace",
+        ]
+        # The hook bounds are keyword-only: the 0.7.2 positional order stays as it was.
+        assert [f.name for f in fields(ProcessorConfig) if f.kw_only] == [
+            "hook_timeout",
+            "prepare_timeout",
+            "cleanup_timeout",
+            "observer_timeout",
+            "observer_drain_timeout",
+            "cancellation_grace",
         ]
 
     def test_positional_construction(self) -> None:

@@ -94,11 +94,18 @@ class TestRules:
 
 
 class TestPrecedence:
-    def test_rate_limit_message_beats_framework_timeout(
+    def test_framework_timeout_beats_a_rate_limit_phrase(
         self, classifier: DefaultErrorClassifier
     ) -> None:
-        """Rule 1 is a message check that wins over every type check."""
-        assert classifier.classify(FrameworkTimeoutError("429 after 3.0s")) == RATE_LIMIT
+        """The framework's own timeout is a timeout even when its message (which quotes the
+        item id) contains a rate-limit phrase."""
+        error = FrameworkTimeoutError("Attempt for item 'quota-429' exceeded timeout_per_item")
+        info = classifier.classify(error)
+        assert (info.error_category, info.is_rate_limit, info.is_retryable) == (
+            "framework_timeout",
+            False,
+            True,
+        )
 
     def test_rate_limit_message_beats_logic_type(self, classifier: DefaultErrorClassifier) -> None:
         """A ValueError mentioning a quota is a rate limit, not a logic error."""

@@ -111,12 +111,12 @@ class TestTimeline:
         assert len(observer.of(E.ITEM_STARTED)) == len(observer.of(E.ITEM_COMPLETED)) == 6
 
     async def test_empty_batch_still_has_batch_and_worker_events(self) -> None:
-        """With no items the batch and worker events still fire."""
+        """With no items the batch events still fire, and one worker starts and stops."""
         observer, batch, _ = await _observe(EchoStrategy(), count=0, max_workers=2)
         assert batch.total_items == 0
         assert _item_events(observer) == []
-        assert _names(observer).count(E.WORKER_STARTED) == 2
-        assert _names(observer).count(E.WORKER_STOPPED) == 2
+        assert _names(observer).count(E.WORKER_STARTED) == 1
+        assert _names(observer).count(E.WORKER_STOPPED) == 1
 
     async def test_item_started_once_per_attempt(self) -> None:
         """Each retry adds an ITEM_STARTED for the same item."""
@@ -241,9 +241,9 @@ class TestObserverRegistration:
         assert first.events == second.events
         assert len(second.of(E.ITEM_COMPLETED)) == 2
 
-    async def test_observers_called_in_order_with_the_same_payload(self) -> None:
-        """Observers are called in list order, each with the same payload dict object."""
-        calls: list[tuple[str, int]] = []
+    async def test_observers_get_every_event_in_order_with_the_same_payload(self) -> None:
+        """Each observer receives every event in order; all receive the same payload dict."""
+        calls: list[tuple[str, ProcessingEvent, int]] = []
 
         class Named(RecordingObserver):
             def __init__(self, name: str) -> None:
@@ -251,16 +251,19 @@ class TestObserverRegistration:
                 self.name = name
 
             async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
-                calls.append((self.name, id(data)))
+                calls.append((self.name, event, id(data)))
                 await super().on_event(event, data)
 
         a, b = Named("a"), Named("b")
         processor = Processor(config=_config(), observers=[a, b])
         async with processor:
-            await run_batch(processor, items_for(EchoStrategy(), 1))
-        assert [name for name, _ in calls] == ["a", "b"] * len(a.events)
-        for first, second in zip(calls[::2], calls[1::2], strict=True):
-            assert first[1] == second[1]
+            await run_batch(processor, items_for(EchoStrategy(), 3))
+        seen_by_a = [(event, key) for name, event, key in calls if name == "a"]
+        seen_by_b = [(event, key) for name, event, key in calls if name == "b"]
+        assert seen_by_a == seen_by_b
+        assert [event for event, _ in seen_by_a] == [event for event, _ in a.events]
+        assert seen_by_a[0][0] is ProcessingEvent.BATCH_STARTED
+        assert seen_by_a[-1][0] is ProcessingEvent.BATCH_COMPLETED
 
     async def test_failing_observer_does_not_break_the_batch(self) -> None:
         """An observer that raises is isolated: the batch and other observers continue."""

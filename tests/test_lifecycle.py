@@ -205,21 +205,30 @@ class TestAddWork:
 
 class TestProcessAll:
     async def test_empty_batch_starts_and_stops_workers(self) -> None:
-        """An empty queue gives an empty result; every worker still starts and stops."""
+        """An empty queue gives an empty result; one worker still starts and stops."""
         observer = RecordingObserver()
         async with ParallelBatchProcessor[str, str, None](
             config=fast_config(max_workers=3), observers=[observer]
         ) as processor:
             result = await processor.process_all()
             assert all(worker.done() for worker in processor._workers)
-            assert len(processor._workers) == 3
+            assert len(processor._workers) == 1
         assert result.results == []
         assert (result.total_items, result.succeeded, result.failed) == (0, 0, 0)
         started = sorted(d["worker_id"] for d in observer.of(ProcessingEvent.WORKER_STARTED))
         stopped = sorted(d["worker_id"] for d in observer.of(ProcessingEvent.WORKER_STOPPED))
-        assert started == stopped == [0, 1, 2]
+        assert started == stopped == [0]
         assert observer.events[0][0] is ProcessingEvent.BATCH_STARTED
         assert observer.events[-1][0] is ProcessingEvent.BATCH_COMPLETED
+
+    async def test_no_more_workers_than_items(self) -> None:
+        """A huge max_workers for a few items starts one worker per item, not a million."""
+        async with ParallelBatchProcessor[str, str, None](
+            config=fast_config(max_workers=1_000_000)
+        ) as processor:
+            result = await run_batch(processor, items_for(EchoStrategy(), 10))
+            assert len(processor._workers) == 10
+        assert result.succeeded == 10
 
     async def test_second_process_all_returns_empty_result(self) -> None:
         """A second process_all() resets results and stats and returns an empty result."""

@@ -96,63 +96,81 @@ class TestPublicNames:
 
 
 class TestDispatch:
-    async def test_calls_observers_in_list_order_with_the_same_dict(self) -> None:
-        """Observers are called one by one in list order, all with the caller's dict object."""
+    async def test_each_observer_gets_the_callers_dict_in_order(self) -> None:
+        """Every observer receives every event, in order, with the caller's dict object."""
         calls: list[tuple[str, ProcessingEvent, dict[str, Any]]] = []
         dispatcher = EventDispatcher([Recorder("A", calls), Recorder("B", calls)], [])
-        payload = {"item_id": "x", "worker_id": 0}
+        first = {"item_id": "x", "worker_id": 0}
+        second = {"item_id": "x", "duration": 0.1}
 
-        await dispatcher.emit(ProcessingEvent.ITEM_STARTED, payload)
+        dispatcher.publish(ProcessingEvent.ITEM_STARTED, first)
+        dispatcher.publish(ProcessingEvent.ITEM_COMPLETED, second)
+        await dispatcher.drain(5.0)
 
-        assert [(name, event) for name, event, _ in calls] == [
-            ("A", ProcessingEvent.ITEM_STARTED),
-            ("B", ProcessingEvent.ITEM_STARTED),
-        ]
-        assert calls[0][2] is payload
-        assert calls[1][2] is payload
+        for name in ("A", "B"):
+            seen = [(event, data) for who, event, data in calls if who == name]
+            assert [event for event, _ in seen] == [
+                ProcessingEvent.ITEM_STARTED,
+                ProcessingEvent.ITEM_COMPLETED,
+            ]
+            assert seen[0][1] is first
+            assert seen[1][1] is second
 
     async def test_missing_payload_becomes_one_shared_empty_dict(self) -> None:
         """Without a payload every observer receives the same empty dict."""
         calls: list[tuple[str, ProcessingEvent, dict[str, Any]]] = []
         dispatcher = EventDispatcher([Recorder("A", calls), Recorder("B", calls)], [])
 
-        await dispatcher.emit(ProcessingEvent.BATCH_STARTED)
+        dispatcher.publish(ProcessingEvent.BATCH_STARTED)
+        await dispatcher.drain(5.0)
 
         assert calls[0][2] == {}
         assert calls[0][2] is calls[1][2]
 
     async def test_observers_read_at_call_time(self) -> None:
-        """With no observers emit delivers nothing; observers appended later get later events."""
+        """With no observers nothing is delivered; observers appended later get later events."""
         calls: list[tuple[str, ProcessingEvent, dict[str, Any]]] = []
         observers: list[ProcessorObserver] = []
         dispatcher = EventDispatcher(observers, [])
 
-        await dispatcher.emit(ProcessingEvent.WORKER_STARTED, {"worker_id": 1})
+        dispatcher.publish(ProcessingEvent.WORKER_STARTED, {"worker_id": 1})
         observers.append(Recorder("late", calls))
-        await dispatcher.emit(ProcessingEvent.WORKER_STOPPED, {"worker_id": 1})
+        dispatcher.publish(ProcessingEvent.WORKER_STOPPED, {"worker_id": 1})
+        await dispatcher.drain(5.0)
 
         assert dispatcher.observers is observers
         assert [event for _, event, _ in calls] == [ProcessingEvent.WORKER_STOPPED]
+
+    async def test_publishing_never_waits_for_an_observer(self) -> None:
+        """publish() returns before a hung observer has even been called."""
+        hanging = Hanging()
+        dispatcher = EventDispatcher([hanging], [], observer_timeout=60.0)
+        for _ in range(1000):
+            dispatcher.publish(ProcessingEvent.ITEM_STARTED, {})
+        assert not hanging.started.is_set()
+        await dispatcher.drain(0.01)
 
 
 class TestIsolation:
     async def test_slow_observer_is_timed_out_and_others_still_run(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """An observer exceeding observer_timeout is abandoned with a WARNING; later ones run."""
+        """An observer exceeding observer_timeout is skipped with a WARNING; the rest run."""
         calls: list[tuple[str, ProcessingEvent, dict[str, Any]]] = []
         dispatcher = EventDispatcher([Hanging(), Recorder("B", calls)], [], observer_timeout=0.01)
 
         with caplog.at_level(logging.WARNING, logger=DISPATCHER_LOGGER):
-            await dispatcher.emit(ProcessingEvent.ITEM_COMPLETED, {"item_id": "x"})
+            dispatcher.publish(ProcessingEvent.ITEM_COMPLETED, {"item_id": "x"})
+            await dispatcher.drain(5.0)
 
         assert [name for name, _, _ in calls] == ["B"]
-        [record] = caplog.records
-        assert record.levelno == logging.WARNING
-        assert record.name == DISPATCHER_LOGGER
-        assert "timed out" in record.getMessage()
-        assert "item_completed" in record.getMessage()
-        assert "Hanging" in record.getMessage()
+        timed_out, missed = caplog.records
+        assert timed_out.levelno == logging.WARNING
+        assert timed_out.name == DISPATCHER_LOGGER
+        assert "timed out" in timed_out.getMessage()
+        assert "item_completed" in timed_out.getMessage()
+        assert "Hanging" in timed_out.getMessage()
+        assert "Hanging missed 1 event" in missed.getMessage()
 
     async def test_raising_observer_is_isolated(self, caplog: pytest.LogCaptureFixture) -> None:
         """An observer's exception is logged at WARNING with a traceback; the rest still run."""
@@ -162,9 +180,10 @@ class TestIsolation:
         )
 
         with caplog.at_level(logging.WARNING, logger=DISPATCHER_LOGGER):
-            await dispatcher.emit(ProcessingEvent.RATE_LIMIT_HIT, {"item_id": "x"})
+            dispatcher.publish(ProcessingEvent.RATE_LIMIT_HIT, {"item_id": "x"})
+            await dispatcher.drain(5.0)
 
-        assert [name for name, _, _ in calls] == ["A", "C"]
+        assert sorted(name for name, _, _ in calls) == ["A", "C"]
         [record] = caplog.records
         assert record.levelno == logging.WARNING
         assert "RaisingObserver" in record.getMessage()
@@ -179,7 +198,8 @@ class TestIsolation:
         dispatcher = EventDispatcher([RaisingObserver(TimeoutError("own"))], [])
 
         with caplog.at_level(logging.WARNING, logger=DISPATCHER_LOGGER):
-            await dispatcher.emit(ProcessingEvent.ITEM_FAILED, {"item_id": "x"})
+            dispatcher.publish(ProcessingEvent.ITEM_FAILED, {"item_id": "x"})
+            await dispatcher.drain(5.0)
 
         [record] = caplog.records
         assert "timed out" not in record.getMessage()
@@ -187,23 +207,69 @@ class TestIsolation:
         assert str(record.exc_info[1]) == "own"
 
 
-class TestCancellation:
-    async def test_cancelled_error_from_observer_propagates(self) -> None:
-        """CancelledError raised by an observer propagates and later observers are not called."""
+class TestStuckObservers:
+    async def test_cancelled_error_from_an_observer_is_isolated(self) -> None:
+        """A CancelledError an observer raises (nobody cancelled it) fails only that call."""
         calls: list[tuple[str, ProcessingEvent, dict[str, Any]]] = []
         dispatcher = EventDispatcher(
             [RaisingObserver(asyncio.CancelledError()), Recorder("B", calls)], []
         )
+        dispatcher.publish(ProcessingEvent.ITEM_STARTED, {})
+        dispatcher.publish(ProcessingEvent.ITEM_COMPLETED, {})
+        await dispatcher.drain(5.0)
+        assert [event for _, event, _ in calls] == [
+            ProcessingEvent.ITEM_STARTED,
+            ProcessingEvent.ITEM_COMPLETED,
+        ]
 
-        with pytest.raises(asyncio.CancelledError):
-            await dispatcher.emit(ProcessingEvent.ITEM_STARTED, {})
-        assert calls == []
+    async def test_an_observer_ignoring_cancellation_is_abandoned_in_order(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An observer that swallows the cancellation of an overrun is left behind; the next
+        events still reach it, in order, from a fresh delivery task."""
+        release = asyncio.Event()
+        seen: list[str] = []
 
-    async def test_cancelling_the_emitting_task_propagates(self) -> None:
-        """Cancelling a task blocked in an observer cancels it rather than logging a timeout."""
+        class Stubborn(BaseObserver):
+            async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+                seen.append(data["n"])
+                if data["n"] == "1":
+                    while not release.is_set():
+                        try:
+                            await release.wait()
+                        except asyncio.CancelledError:
+                            continue
+
+        dispatcher = EventDispatcher([Stubborn()], [], observer_timeout=0.01, grace=0.01)
+        with caplog.at_level(logging.WARNING, logger=DISPATCHER_LOGGER):
+            for n in "123":
+                dispatcher.publish(ProcessingEvent.ITEM_STARTED, {"n": n})
+            await dispatcher.drain(5.0)
+        assert seen == ["1", "2", "3"]
+        assert any("ignored the cancellation" in r.getMessage() for r in caplog.records)
+        release.set()
+        await asyncio.sleep(0)
+
+    async def test_drain_gives_up_on_a_hung_observer_and_counts_what_it_missed(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An observer still busy at the end of the drain bound loses the rest, with one
+        WARNING that says how many events it missed."""
         hanging = Hanging()
         dispatcher = EventDispatcher([hanging], [], observer_timeout=60.0)
-        task = asyncio.create_task(dispatcher.emit(ProcessingEvent.BATCH_STARTED, {}))
+        with caplog.at_level(logging.WARNING, logger=DISPATCHER_LOGGER):
+            for _ in range(5):
+                dispatcher.publish(ProcessingEvent.ITEM_STARTED, {})
+            await dispatcher.drain(0.05)
+        [record] = caplog.records
+        assert "Hanging missed 5 event(s)" in record.getMessage()
+
+    async def test_cancelling_the_draining_task_propagates(self) -> None:
+        """Cancelling a task waiting in drain() cancels it rather than logging a timeout."""
+        hanging = Hanging()
+        dispatcher = EventDispatcher([hanging], [], observer_timeout=60.0)
+        dispatcher.publish(ProcessingEvent.BATCH_STARTED, {})
+        task = asyncio.create_task(dispatcher.drain(60.0))
         await hanging.started.wait()
 
         task.cancel()
@@ -211,3 +277,4 @@ class TestCancellation:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert task.cancelled()
+        await dispatcher.drain(0.01)

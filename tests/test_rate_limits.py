@@ -364,7 +364,7 @@ class _Events:
     def __init__(self) -> None:
         self.events: list[tuple[ProcessingEvent, dict[str, Any]]] = []
 
-    async def __call__(self, event: ProcessingEvent, payload: dict[str, Any]) -> None:
+    def __call__(self, event: ProcessingEvent, payload: dict[str, Any]) -> None:
         self.events.append((event, dict(payload)))
 
 
@@ -374,7 +374,7 @@ def _coordinator(
     events = _Events()
     clock = _Clock()
     coordinator = RateLimitCoordinator(
-        strategy, emit=events, has_listeners=lambda: True, sleep=sleep, clock=clock
+        strategy, publish=events, has_listeners=lambda: True, sleep=sleep, clock=clock
     )
     return coordinator, events, clock
 
@@ -480,7 +480,10 @@ class TestRateLimitCoordinator:
 
         events = _Events()
         coordinator = RateLimitCoordinator(
-            _FixedCooldown(seconds=5.0), emit=events, has_listeners=lambda: True, sleep=broken_sleep
+            _FixedCooldown(seconds=5.0),
+            publish=events,
+            has_listeners=lambda: True,
+            sleep=broken_sleep,
         )
         await coordinator.handle_rate_limit(0)
         assert coordinator.resume_event.is_set()
@@ -511,7 +514,7 @@ class TestRateLimitCoordinator:
         """With has_listeners false nothing is emitted."""
         events = _Events()
         coordinator = RateLimitCoordinator(
-            _FixedCooldown(), emit=events, sleep=_ControlledSleep(released=True)
+            _FixedCooldown(), publish=events, sleep=_ControlledSleep(released=True)
         )
         await coordinator.handle_rate_limit(0)
         assert events.events == []

@@ -9,13 +9,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self
 
 from async_batch_llm._internal.callbacks import (
+    PostProcessorRunner,
     ProgressNotifier,
     is_async_callable,
-    run_post_processor,
 )
+from async_batch_llm._internal.deadline import AttemptDeadline
+from async_batch_llm._internal.usage import UsageNormalizer
+from async_batch_llm._internal.validation import check_callable, check_strategy
+from async_batch_llm._internal.values import (
+    LLMResponse,
+    RetryState,
+    TContext,
+    TInput,
+    TokenUsage,
+    TOutput,
+    WorkItemResult,
+)
+from async_batch_llm._internal.work_queue import WorkQueue
 
 if TYPE_CHECKING:
     from async_batch_llm.llm_strategies import LLMCallStrategy
@@ -42,100 +55,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Seconds ``cleanup()`` waits for cancelled workers (x2.5 when ``process_all`` is cancelled).
-WORKER_CANCELLATION_TIMEOUT = 2.0
-#: Seconds ``process_all()`` waits for workers to stop once the queue has drained.
-WORKER_SHUTDOWN_TIMEOUT = 30.0
-#: Inner limit in seconds on an async post-processor.
-POST_PROCESSOR_EXECUTION_TIMEOUT = 75.0
-#: Seconds ``cleanup()`` waits for cancelled progress-callback tasks.
-PROGRESS_TASK_CANCELLATION_TIMEOUT = 2.0
-
-TInput = TypeVar("TInput")
-TOutput = TypeVar("TOutput")
-TContext = TypeVar("TContext")
-
-
-class TokenUsage(TypedDict, total=False):
-    """Token counts of one call or one item; every key is optional (read with ``.get(k, 0)``)."""
-
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-    cached_input_tokens: int
-
-
-TOKEN_KEYS: tuple[str, ...] = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_input_tokens",
-)
-
-
-def _zero_usage() -> TokenUsage:
-    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-
-
-@dataclass
-class RetryState:
-    """Scratchpad shared by every attempt of one work item (and by ``on_error``).
-
-    A strategy can remember what went wrong on earlier attempts, e.g. to switch to a
-    stronger model after two validation failures.
-    """
-
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Return the value stored under ``key``, or ``default``."""
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        """Store ``value`` under ``key``."""
-        self.data[key] = value
-
-    def delete(self, key: str, raise_if_missing: bool = False) -> None:
-        """Remove ``key``; a missing key is ignored unless ``raise_if_missing`` is true."""
-        if raise_if_missing:
-            del self.data[key]
-        else:
-            self.data.pop(key, None)
-
-    def clear(self) -> None:
-        """Remove every key."""
-        self.data.clear()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.data
-
-    def __repr__(self) -> str:
-        return f"RetryState({self.data!r})"
-
-
-@dataclass
-class LLMResponse:
-    """A provider-neutral model response: text, token counts, metadata and the raw object."""
-
-    text: str
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-    cached_input_tokens: int = 0
-    metadata: dict[str, Any] | None = None
-    raw: Any = None
-
-    @property
-    def token_usage(self) -> TokenUsage:
-        """The counts as a :class:`TokenUsage` dict (``cached_input_tokens`` only when non-zero)."""
-        usage: TokenUsage = {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "total_tokens": self.total_tokens,
-        }
-        if self.cached_input_tokens:
-            usage["cached_input_tokens"] = self.cached_input_tokens
-        return usage
+WORKER_CANCELLATION_TIMEOUT: Final = 2.0
+"""Seconds ``cleanup()`` waits for cancelled workers (x2.5 when ``process_all`` is cancelled)."""
+WORKER_SHUTDOWN_TIMEOUT: Final = 30.0
+"""Seconds ``process_all()`` waits for workers to stop once the queue has drained."""
+POST_PROCESSOR_EXECUTION_TIMEOUT: Final = 75.0
+"""Inner limit in seconds on an async post-processor."""
+PROGRESS_TASK_CANCELLATION_TIMEOUT: Final = 2.0
+"""Seconds ``cleanup()`` waits for cancelled progress-callback tasks."""
 
 
 @dataclass
@@ -175,19 +102,6 @@ class LLMWorkItem(Generic[TInput, TOutput, TContext]):
 
 
 @dataclass
-class WorkItemResult(Generic[TOutput, TContext]):
-    """The final outcome of one work item: exactly one per accepted item."""
-
-    item_id: str
-    success: bool
-    output: TOutput | None = None
-    error: str | None = None
-    context: TContext | None = None
-    token_usage: TokenUsage = field(default_factory=_zero_usage)
-    gemini_safety_ratings: dict[str, str] | None = None
-
-
-@dataclass
 class BatchResult(Generic[TOutput, TContext]):
     """All results of a batch with summary counts, always recomputed from ``results``."""
 
@@ -204,11 +118,29 @@ class BatchResult(Generic[TOutput, TContext]):
         for result in self.results:
             if result.success:
                 succeeded += 1
-            usage = result.token_usage
-            if usage:
-                input_tokens += usage.get("input_tokens", 0)
-                output_tokens += usage.get("output_tokens", 0)
-                cached_tokens += usage.get("cached_input_tokens", 0)
+            usage: Any = result.token_usage
+            if not usage:
+                continue
+            if type(usage) is dict:
+                get = usage.get
+                result_input = get("input_tokens", 0)
+                result_output = get("output_tokens", 0)
+                result_cached = get("cached_input_tokens", 0)
+                if (
+                    type(result_input) is int
+                    and type(result_output) is int
+                    and type(result_cached) is int
+                    and (result_input | result_output | result_cached) >= 0
+                ):
+                    input_tokens += result_input
+                    output_tokens += result_output
+                    cached_tokens += result_cached
+                    continue
+            # A result built by hand (or changed after the batch) with odd counts.
+            usage = _CLEANER.normalize(usage, _CLEANER, f"The result of {result.item_id!r}")
+            input_tokens += usage.get("input_tokens", 0)
+            output_tokens += usage.get("output_tokens", 0)
+            cached_tokens += usage.get("cached_input_tokens", 0)
         self.total_items = len(self.results)
         self.succeeded = succeeded
         self.failed = self.total_items - succeeded
@@ -269,19 +201,21 @@ ProgressCallbackFunc = Callable[[int, int, str], Awaitable[None] | None]
 class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
     """A queue of work items drained by a pool of worker tasks.
 
-    Add items with :meth:`add_work`, then run them all with :meth:`process_all`. Use the
-    processor as an ``async with`` block (or call ``cleanup()``) so no task outlives it.
-    Subclasses implement :meth:`_worker` and :meth:`_process_item`;
-    :class:`~async_batch_llm.ParallelBatchProcessor` is the one to use.
+    Add items with `add_work`, then run them all with `process_all`. Use the processor as
+    an ``async with`` block (or call ``cleanup()``) so no task outlives it. Subclasses
+    implement `_worker` and `_process_item`; `ParallelBatchProcessor` is the one to use.
 
     Args:
         max_workers: Number of worker tasks.
         post_processor: Called with every final result, success or failure (sync or async).
         max_queue_size: Most items that may be queued; ``0`` means no limit.
         progress_callback: ``callback(completed, total, current_item_id)`` (sync or async),
-            called every ``progress_interval`` results without blocking the workers.
+            called every `progress_interval` results without blocking the workers.
         progress_callback_timeout: Seconds after which a running progress callback is
-            cancelled; ``None`` for no limit.
+            given up on; ``None`` for no limit.
+
+    Raises:
+        TypeError: `post_processor` or `progress_callback` is not callable.
     """
 
     @property
@@ -302,12 +236,14 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         progress_callback: ProgressCallbackFunc | None = None,
         progress_callback_timeout: float | None = None,
     ) -> None:
+        check_callable("post_processor", post_processor)
+        check_callable("progress_callback", progress_callback)
         self.max_workers = max_workers
         self.post_processor = post_processor
         self.max_queue_size = max_queue_size
         self.progress_callback = progress_callback
         self.progress_callback_timeout = progress_callback_timeout
-        self._queue: asyncio.Queue[LLMWorkItem[TInput, TOutput, TContext] | None] = asyncio.Queue(
+        self._queue: WorkQueue[LLMWorkItem[TInput, TOutput, TContext] | None] = WorkQueue(
             maxsize=max_queue_size
         )
         self._results: list[WorkItemResult[TOutput, TContext]] = []
@@ -319,6 +255,13 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._progress_callback_is_async = is_async_callable(progress_callback)
         self._progress = ProgressNotifier(self._progress_tasks)
         self._progress_every = self.progress_interval
+        self._post_processing: PostProcessorRunner | None = None
+        self._usage_cleaner = UsageNormalizer()
+        # Ids queued for the next batch, to warn about duplicates.
+        self._queued_ids: set[str] = set()
+        # Strategies that passed the up-front checks (held, so that an id is not reused).
+        self._checked_strategies: dict[int, object] = {}
+        self._last_checked: object = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -333,11 +276,12 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         return False
 
     async def add_work(self, work_item: LLMWorkItem[TInput, TOutput, TContext]) -> None:
-        """Queue one item. Only allowed before :meth:`process_all` has started.
+        """Queue one item. Only allowed before `process_all` has started.
 
         Raises:
             RuntimeError: ``process_all()`` has started, or a bounded queue is full.
-            TypeError: ``work_item`` is not a work item.
+            TypeError: `work_item` is not a work item, or its strategy cannot run (no
+                ``async def execute``).
         """
         if self._processing_started:
             msg = (
@@ -351,6 +295,13 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         ):
             msg = f"add_work() expects an LLMWorkItem, got {type(work_item).__name__}"
             raise TypeError(msg)
+        strategy = work_item.strategy
+        if strategy is not self._last_checked and (
+            self._checked_strategies.get(id(strategy)) is not strategy
+        ):
+            check_strategy(strategy, work_item.item_id)
+            self._checked_strategies[id(strategy)] = strategy
+        self._last_checked = strategy
         queue = self._queue
         if queue.full():
             # No worker runs before process_all(), so waiting for space would never end.
@@ -360,12 +311,22 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 "to 0 for an unbounded queue"
             )
             raise RuntimeError(msg)
+        queued_ids = self._queued_ids
+        count = len(queued_ids)
+        queued_ids.add(work_item.item_id)
+        if len(queued_ids) == count:
+            logger.warning(
+                "Item id %r was added more than once; its results cannot be told apart by id",
+                work_item.item_id,
+            )
         queue.put_nowait(work_item)
         self._stats.total += 1
 
     async def process_all(self) -> BatchResult[TOutput, TContext]:
         """Run every queued item and return all results (in completion order)."""
         self._processing_started = True
+        self._queued_ids = set()
+        await self._prepare_batch()
         self._results = []
         self._stats = ProcessingStats(total=self._queue.qsize(), start_time=time.time())
         # Read once per batch: the property may go through the config on every access.
@@ -379,7 +340,11 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         await self._on_batch_completed()
         return BatchResult(results=list(self._results))
 
+    async def _prepare_batch(self) -> None:
+        """Called by `process_all` before anything runs (subclasses re-check settings)."""
+
     async def _run_workers(self) -> None:
+        """Run `_worker` tasks until the queue is drained, then stop them with sentinels."""
         workers = [
             asyncio.create_task(self._worker(worker_id), name=f"async-batch-llm-worker-{worker_id}")
             for worker_id in range(self.max_workers)
@@ -428,39 +393,66 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 logger.warning("%d task(s) did not stop after cancellation", len(pending))
 
     async def cleanup(self) -> None:
-        """Cancel remaining workers, drop queued items and stop progress-callback tasks."""
+        """Cancel remaining workers, drop queued items and stop progress-callback tasks.
+
+        Items still queued were never processed: a WARNING says how many.
+        """
         await self._cancel_tasks(self._workers, WORKER_CANCELLATION_TIMEOUT)
         queue = self._queue
+        dropped = 0
         while not queue.empty():
-            queue.get_nowait()
+            if queue.get_nowait() is not None:
+                dropped += 1
             queue.task_done()
+        if dropped:
+            logger.warning(
+                "%d queued item(s) were never processed: call process_all() before leaving "
+                "the processor (or shutdown()), or do not queue them",
+                dropped,
+            )
         await self._progress.cancel_all(PROGRESS_TASK_CANCELLATION_TIMEOUT)
+        self._progress.close()
+        if self._post_processing is not None:
+            self._post_processing.close()
 
-    def _record_result(self, result: WorkItemResult[TOutput, TContext], item_id: str) -> None:
-        """Add one final result to the results and the statistics (no await: atomic)."""
-        self._results.append(result)
+    def _record_result(self, result: WorkItemResult[TOutput, TContext], item_id: str) -> bool:
+        """Add one final result to the results and the statistics (no await: atomic).
+
+        Returns whether a post-processor is set (so the caller knows to run it).
+        """
+        usage: Any = result.token_usage
         stats = self._stats
+        try:
+            get = usage.get
+            input_tokens = stats.total_input_tokens + get("input_tokens", 0)
+            output_tokens = stats.total_output_tokens + get("output_tokens", 0)
+            total_tokens = stats.total_tokens + get("total_tokens", 0)
+            cached = stats.cached_input_tokens + get("cached_input_tokens", 0)
+        except (AttributeError, TypeError):
+            # The item runner hands over clean usage; a result built elsewhere (a subclass,
+            # by hand) may carry anything: clean it, then record it.
+            result.token_usage = (
+                self._usage_cleaner.normalize(
+                    usage, self._usage_cleaner, f"The result of item {result.item_id!r}"
+                )
+                if usage
+                else {}
+            )
+            return self._record_result(result, item_id)
+        stats.total_input_tokens = input_tokens
+        stats.total_output_tokens = output_tokens
+        stats.total_tokens = total_tokens
+        if cached != stats.cached_input_tokens:
+            stats.cached_input_tokens = stats.total_cached_tokens = cached
+        self._results.append(result)
         stats.processed += 1
         if result.success:
             stats.succeeded += 1
         else:
             stats.failed += 1
             if result.error:
-                key = result.error.split(":")[0]
+                key = str(result.error).split(":")[0]
                 stats.error_counts[key] = stats.error_counts.get(key, 0) + 1
-        usage: dict[str, Any] = result.token_usage  # type: ignore[assignment]
-        if usage:
-            try:
-                get = usage.get
-                stats.total_input_tokens += get("input_tokens", 0) or 0
-                stats.total_output_tokens += get("output_tokens", 0) or 0
-                stats.total_tokens += get("total_tokens", 0) or 0
-                cached = get("cached_input_tokens", 0) or 0
-                if cached:
-                    stats.cached_input_tokens += cached
-                    stats.total_cached_tokens = stats.cached_input_tokens
-            except (AttributeError, TypeError) as exc:
-                logger.warning("Ignoring malformed token_usage of item %s: %r", item_id, exc)
         processed = stats.processed
         if processed % self._progress_every == 0:
             logger.info(
@@ -471,6 +463,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 stats.failed,
             )
             self._run_progress_callback(processed, stats.total, item_id)
+        return self.post_processor is not None
 
     def _run_progress_callback(self, completed: int, total: int, current_item: str) -> None:
         callback = self.progress_callback
@@ -485,16 +478,22 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             current_item,
         )
 
-    async def _run_post_processor(self, result: WorkItemResult[TOutput, TContext]) -> None:
+    async def _run_post_processor(
+        self,
+        result: WorkItemResult[TOutput, TContext],
+        deadline: AttemptDeadline | None = None,
+    ) -> None:
         post_processor = self.post_processor
         if post_processor is None:
             return
-        await run_post_processor(
-            post_processor,
-            result,
-            timeout=self.post_processor_timeout,
-            inner_timeout=POST_PROCESSOR_EXECUTION_TIMEOUT,
-        )
+        runner = self._post_processing
+        if runner is None or runner.post_processor is not post_processor:
+            runner = self._post_processing = PostProcessorRunner(
+                post_processor,
+                timeout=self.post_processor_timeout,
+                inner_timeout=POST_PROCESSOR_EXECUTION_TIMEOUT,
+            )
+        await runner.run(result, deadline if deadline is not None else AttemptDeadline())
 
     @abstractmethod
     async def _worker(self, worker_id: int) -> None:
@@ -505,7 +504,10 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         """Process one item."""
 
     async def _on_batch_started(self) -> None:
-        """Called by :meth:`process_all` after the statistics are reset."""
+        """Called by `process_all` after the statistics are reset."""
 
     async def _on_batch_completed(self) -> None:
-        """Called by :meth:`process_all` after every worker has stopped."""
+        """Called by `process_all` after every worker has stopped."""
+
+
+_CLEANER: Final = UsageNormalizer()

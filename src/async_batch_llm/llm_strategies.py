@@ -17,7 +17,8 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import BaseModel
 
 from async_batch_llm._internal.rate_control.scope import RateScope
-from async_batch_llm.base import LLMResponse, RetryState, TokenUsage
+from async_batch_llm._internal.usage import FAILED_USAGE_ATTR, add_usage, usage_of_object
+from async_batch_llm._internal.values import LLMResponse, RetryState, TokenUsage
 from async_batch_llm.core.protocols import AgentLike, LLMModel, ManagedLLMModel
 from async_batch_llm.strategies.errors import TokenTrackingError
 
@@ -45,7 +46,6 @@ __all__ = ["Agent", "LLMCallStrategy", "GeminiStrategy", "PydanticAIStrategy", "
 
 logger = logging.getLogger(__name__)
 
-_FAILED_USAGE_ATTR: Final = "_failed_token_usage"
 # Attributes whose integer value marks an object as a usage record rather than a method.
 _USAGE_COUNT_NAMES: Final = (
     "input_tokens",
@@ -126,7 +126,7 @@ def _record_failed_usage(exc: Exception, usage: TokenUsage) -> None:
     attributes = getattr(exc, "__dict__", None)
     if attributes is None:
         raise TokenTrackingError(str(exc), token_usage=usage) from exc
-    attributes.setdefault(_FAILED_USAGE_ATTR, usage)
+    attributes.setdefault(FAILED_USAGE_ATTR, usage)
 
 
 class GeminiStrategy(LLMCallStrategy[TOutput]):
@@ -352,46 +352,25 @@ def _resolve_usage(value: object) -> object:
     return value() if callable(value) else value
 
 
-def _tokens_of_usage(usage: object) -> TokenUsage:
-    if not usage:
-        return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-    input_tokens = _first_int(usage, ("input_tokens", "request_tokens")) or 0
-    output_tokens = _first_int(usage, ("output_tokens", "response_tokens")) or 0
-    total_tokens = _int_attribute(usage, "total_tokens")
-    tokens: TokenUsage = {
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "total_tokens": input_tokens + output_tokens if total_tokens is None else total_tokens,
-    }
-    cached = _int_attribute(usage, "cache_read_tokens")
-    if cached:
-        tokens["cached_input_tokens"] = cached
-    return tokens
-
-
 def _tokens_of_result(result: Any) -> TokenUsage:
-    return _tokens_of_usage(_resolve_usage(getattr(result, "usage", None)))
+    return usage_of_object(_resolve_usage(getattr(result, "usage", None)))
 
 
 def _usage_of_messages(messages: list[Any]) -> TokenUsage | None:
     """Summed usage of the model responses a (failed) run received, ``None`` when none."""
-    input_tokens = output_tokens = cached = 0
+    total: dict[str, int] = {}
     for message in messages:
-        if getattr(message, "kind", None) != "response":
-            continue
-        usage = getattr(message, "usage", None)
-        input_tokens += _int_attribute(usage, "input_tokens") or 0
-        output_tokens += _int_attribute(usage, "output_tokens") or 0
-        cached += _int_attribute(usage, "cache_read_tokens") or 0
-    if not (input_tokens or output_tokens):
+        if getattr(message, "kind", None) == "response":
+            add_usage(total, usage_of_object(getattr(message, "usage", None)))
+    if not (total.get("input_tokens") or total.get("output_tokens")):
         return None
     tokens: TokenUsage = {
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "total_tokens": input_tokens + output_tokens,
+        "input_tokens": total.get("input_tokens", 0),
+        "output_tokens": total.get("output_tokens", 0),
+        "total_tokens": total.get("input_tokens", 0) + total.get("output_tokens", 0),
     }
-    if cached:
-        tokens["cached_input_tokens"] = cached
+    if total.get("cached_input_tokens"):
+        tokens["cached_input_tokens"] = total["cached_input_tokens"]
     return tokens
 
 

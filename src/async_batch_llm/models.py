@@ -29,7 +29,8 @@ from datetime import datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
-from async_batch_llm.base import LLMResponse
+from async_batch_llm._internal.usage import FAILED_USAGE_ATTR
+from async_batch_llm._internal.values import LLMResponse
 
 if TYPE_CHECKING:
     import httpx2
@@ -232,7 +233,7 @@ async def _generate(
         }
         if cached_tokens:
             usage["cached_input_tokens"] = cached_tokens
-        error.__dict__["_failed_token_usage"] = usage
+        error.__dict__[FAILED_USAGE_ATTR] = usage
         raise error
     return LLMResponse(
         text,

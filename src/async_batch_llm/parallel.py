@@ -1,37 +1,51 @@
-"""``ParallelBatchProcessor``: a bounded pool of workers running LLM calls with retries.
+"""`ParallelBatchProcessor`: a bounded pool of workers running LLM calls with retries.
 
-This module wires the components; their logic lives in ``async_batch_llm._internal``:
-the item runner (attempts and retries), the rate-limit coordinator (shared cooldowns), the
-strategy lifecycle (prepare/cleanup) and the event dispatcher (observers and middleware).
+This module wires the components; their logic lives in ``async_batch_llm._internal``: the
+worker pool (tasks, replacement of stuck workers), the item runner (attempts and retries),
+admission (cooldown gate, adaptive rate control, request budget), the strategy lifecycle
+(prepare/cleanup) and the event dispatcher (observers and middleware). The private members
+0.7.2 code reaches into live in ``_internal/compat.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any, Generic, Literal
 
 from aiolimiter import AsyncLimiter
 
-from async_batch_llm._internal.deadline import AttemptDeadline
+from async_batch_llm._internal.admission import (
+    Admission,
+    ControllerAdmission,
+    CooldownAdmission,
+    LimiterAdmission,
+)
+from async_batch_llm._internal.compat import ProcessorCompat
 from async_batch_llm._internal.deprecation import config_from_legacy_args
 from async_batch_llm._internal.event_dispatcher import EventDispatcher
+from async_batch_llm._internal.hooks import run_in_task
 from async_batch_llm._internal.item_runner import (
     ERROR_MESSAGE_DETAILED_LENGTH,
     ERROR_MESSAGE_MAX_LENGTH,
     ItemRunner,
+    WorkerContext,
     error_text,
 )
-from async_batch_llm._internal.rate_control.controller import RateController
 from async_batch_llm._internal.rate_limit_coordinator import RateLimitCoordinator
 from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
+from async_batch_llm._internal.validation import (
+    check_classifier,
+    check_middlewares,
+    check_observers,
+    check_rate_limit_strategy,
+)
+from async_batch_llm._internal.worker_pool import WorkerPool
 from async_batch_llm.base import (
     BatchProcessor,
     LLMWorkItem,
     PostProcessorFunc,
     ProgressCallbackFunc,
-    RetryState,
     TContext,
     TInput,
     TOutput,
@@ -41,7 +55,12 @@ from async_batch_llm.core.config import ProcessorConfig
 from async_batch_llm.middleware.base import Middleware
 from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
 from async_batch_llm.rate_control import AdaptiveRateLimitStrategy
-from async_batch_llm.strategies.errors import DefaultErrorClassifier, ErrorClassifier
+from async_batch_llm.strategies.errors import (
+    DefaultErrorClassifier,
+    ErrorClassifier,
+    FrameworkTimeoutError,
+    HookTimeoutError,
+)
 from async_batch_llm.strategies.rate_limit import ExponentialBackoffStrategy, RateLimitStrategy
 
 __all__ = ["ERROR_MESSAGE_DETAILED_LENGTH", "ERROR_MESSAGE_MAX_LENGTH", "ParallelBatchProcessor"]
@@ -50,9 +69,9 @@ logger = logging.getLogger(__name__)
 
 
 class ParallelBatchProcessor(
-    BatchProcessor[TInput, TOutput, TContext], Generic[TInput, TOutput, TContext]
+    ProcessorCompat, BatchProcessor[TInput, TOutput, TContext], Generic[TInput, TOutput, TContext]
 ):
-    """Run many work items concurrently with retries, shared rate-limit cooldowns and events.
+    """Run many work items concurrently with retries, rate control and events.
 
     Typical use::
 
@@ -62,25 +81,37 @@ class ParallelBatchProcessor(
                 await processor.add_work(item)
             result = await processor.process_all()
 
-    Leaving the ``async with`` block (or calling :meth:`shutdown`) calls ``cleanup()`` on
-    every strategy that was prepared.
+    Every accepted item ends in exactly one `WorkItemResult`, whatever a strategy, hook,
+    observer or callback does; only cancelling `process_all` (and ``KeyboardInterrupt`` /
+    ``SystemExit``) propagates. Leaving the ``async with`` block (or calling `shutdown`)
+    calls ``cleanup()`` on every strategy that was prepared.
+
+    Rate limits: with nothing configured about them, each provider scope (provider, API key,
+    model) is paced to the limit its rate-limit headers report or that is learned from its
+    429s (`AdaptiveRateLimitStrategy`). Passing a `rate_limit_strategy`, a
+    `rate_limit_cooldown` or a `RateLimitConfig` with other values selects the 0.7.2
+    shared cooldown instead.
 
     Args:
-        max_workers: Deprecated; use ``ProcessorConfig.max_workers``.
+        max_workers: Deprecated; use `ProcessorConfig.max_workers`.
         post_processor: Called with every final result, success or failure (sync or async);
             its errors and timeouts are logged and never change the result.
-        timeout_per_item: Deprecated; use ``ProcessorConfig.timeout_per_item``.
-        rate_limit_cooldown: Deprecated; use ``ProcessorConfig.rate_limit.cooldown_seconds``.
+        timeout_per_item: Deprecated; use `ProcessorConfig.timeout_per_item`.
+        rate_limit_cooldown: Deprecated; use `RateLimitConfig.cooldown_seconds`.
         config: Everything else; defaults to ``ProcessorConfig()``.
         error_classifier: Decides which errors are retried and which are rate limits
             (any object with ``classify(exception) -> ErrorInfo``); default
-            :class:`DefaultErrorClassifier`.
-        rate_limit_strategy: Chooses cooldown lengths and the slow start after a cooldown;
-            default :class:`ExponentialBackoffStrategy` built from ``config.rate_limit``.
-        middlewares: Hooks run around every attempt (see :class:`Middleware`).
-        observers: Receive :class:`ProcessingEvent` notifications.
+            `DefaultErrorClassifier`.
+        rate_limit_strategy: How to handle rate limits: `AdaptiveRateLimitStrategy`, or a
+            cooldown strategy such as `ExponentialBackoffStrategy`. Default: see above.
+        middlewares: Hooks run around every attempt (see `Middleware`).
+        observers: Receive `ProcessingEvent` notifications, in order, off the workers' path.
         progress_callback: ``callback(completed, total, current_item_id)`` every
             ``config.progress_interval`` results; never blocks the workers.
+
+    Raises:
+        TypeError: An argument has the wrong type (the message names it).
+        ValueError: A setting is out of range.
 
     Deprecated arguments warn and override the matching field on a copy of ``config``.
     """
@@ -98,6 +129,14 @@ class ParallelBatchProcessor(
         observers: list[ProcessorObserver] | None = None,
         progress_callback: ProgressCallbackFunc | None = None,
     ) -> None:
+        given: object = config
+        if given is not None and not isinstance(given, ProcessorConfig):
+            msg = f"config must be a ProcessorConfig, got {type(given).__name__}"
+            raise TypeError(msg)
+        check_classifier(error_classifier)
+        check_rate_limit_strategy(rate_limit_strategy)
+        check_observers(observers)
+        check_middlewares(middlewares)
         config = config_from_legacy_args(
             config,
             max_workers=max_workers,
@@ -114,41 +153,44 @@ class ParallelBatchProcessor(
             progress_callback_timeout=config.progress_callback_timeout,
         )
         if rate_limit_strategy is None:
-            rl = config.rate_limit
-            rate_limit_strategy = ExponentialBackoffStrategy(
-                initial_cooldown=rl.cooldown_seconds,
-                backoff_multiplier=rl.backoff_multiplier,
-                slow_start_items=rl.slow_start_items,
-                slow_start_initial_delay=rl.slow_start_initial_delay,
-                slow_start_final_delay=rl.slow_start_final_delay,
+            wants_cooldown = (
+                rate_limit_cooldown is not None or config.rate_limit.configures_cooldown()
             )
-        self._dispatcher = EventDispatcher(observers or [], middlewares or [])
+            rate_limit_strategy = (
+                ExponentialBackoffStrategy.from_config(config.rate_limit)
+                if wants_cooldown
+                else AdaptiveRateLimitStrategy()
+            )
+        self._dispatcher = EventDispatcher(
+            observers or [],
+            middlewares or [],
+            observer_timeout=config.observer_timeout,
+            grace=config.cancellation_grace,
+        )
         dispatcher = self._dispatcher
+        self._lifecycle = StrategyLifecycle(
+            prepare_timeout=config.prepare_timeout,
+            cleanup_timeout=config.cleanup_timeout,
+            grace=config.cancellation_grace,
+        )
         self._coordinator = RateLimitCoordinator(
             rate_limit_strategy,
-            emit=dispatcher.emit,
+            publish=dispatcher.publish,
             has_listeners=lambda: bool(dispatcher.observers),
+            run_hook=self._run_rare_hook,
         )
-        self._lifecycle = StrategyLifecycle()
-        limiter: AsyncLimiter | None = (
-            AsyncLimiter(max_rate=config.max_requests_per_minute, time_period=60)
-            if config.max_requests_per_minute
-            else None
-        )
+        self._limiter = _limiter_for(config.max_requests_per_minute)
         self._runner = ItemRunner(
             config=config,
             classifier=error_classifier
             if error_classifier is not None
             else DefaultErrorClassifier(),
             dispatcher=dispatcher,
-            coordinator=self._coordinator,
+            admission=self._admission_for(rate_limit_strategy),
             lifecycle=self._lifecycle,
-            limiter=limiter,
             count_rate_limit=self._count_rate_limit,
         )
-        self._runner.rate_controller = _rate_controller_of(rate_limit_strategy)
-        self._stats_lock = asyncio.Lock()
-        self._results_lock = asyncio.Lock()
+        self._pool: WorkerPool | None = None
 
     # -- collaborators users may read or replace -------------------------------------------
 
@@ -159,17 +201,19 @@ class ParallelBatchProcessor(
 
     @error_classifier.setter
     def error_classifier(self, classifier: ErrorClassifier) -> None:
+        check_classifier(classifier)
         self._runner.classifier = classifier
 
     @property
     def rate_limit_strategy(self) -> RateLimitStrategy:
-        """Chooses cooldown lengths and the slow start after a cooldown."""
+        """How rate limits are handled (adaptive control, or the 0.7.2 shared cooldown)."""
         return self._coordinator.strategy
 
     @rate_limit_strategy.setter
     def rate_limit_strategy(self, strategy: RateLimitStrategy) -> None:
+        check_rate_limit_strategy(strategy)
         self._coordinator.strategy = strategy
-        self._runner.rate_controller = _rate_controller_of(strategy)
+        self._runner.admission = self._admission_for(strategy)
 
     @property
     def observers(self) -> list[ProcessorObserver]:
@@ -178,6 +222,7 @@ class ParallelBatchProcessor(
 
     @observers.setter
     def observers(self, observers: list[ProcessorObserver]) -> None:
+        check_observers(observers)
         self._dispatcher.observers = observers
 
     @property
@@ -187,6 +232,7 @@ class ParallelBatchProcessor(
 
     @middlewares.setter
     def middlewares(self, middlewares: list[Middleware[TInput, TOutput, TContext]]) -> None:
+        check_middlewares(middlewares)
         self._dispatcher.middlewares = middlewares
 
     @property
@@ -216,12 +262,29 @@ class ParallelBatchProcessor(
             await self.cleanup()
 
     async def get_stats(self) -> dict[str, Any]:
-        """A consistent snapshot of the counters (see :class:`ProcessingStats`)."""
+        """A consistent snapshot of the counters (see `ProcessingStats`)."""
         return self._stats.copy()
+
+    async def _prepare_batch(self) -> None:
+        # The config (or the hook lists) may have been edited since construction.
+        config = self.config
+        config.validate()
+        check_observers(self._dispatcher.observers)
+        check_middlewares(self._dispatcher.middlewares)
+        self.max_workers = config.max_workers
+        self.progress_callback_timeout = config.progress_callback_timeout
+        self._runner.reconfigure(config)
+        self._runner.admission = self._admission_for(self._coordinator.strategy)
+        self._dispatcher.observer_timeout = config.observer_timeout
+        self._dispatcher.grace = config.cancellation_grace
+        lifecycle = self._lifecycle
+        lifecycle.prepare_timeout = config.prepare_timeout
+        lifecycle.cleanup_timeout = config.cleanup_timeout
+        lifecycle.grace = config.cancellation_grace
 
     async def _on_batch_started(self) -> None:
         if self._dispatcher.observers:
-            await self._dispatcher.emit(
+            self._dispatcher.publish(
                 ProcessingEvent.BATCH_STARTED,
                 {
                     "total": self._stats.total,
@@ -231,9 +294,10 @@ class ParallelBatchProcessor(
             )
 
     async def _on_batch_completed(self) -> None:
-        if self._dispatcher.observers:
+        dispatcher = self._dispatcher
+        if dispatcher.observers:
             stats = self._stats
-            await self._dispatcher.emit(
+            dispatcher.publish(
                 ProcessingEvent.BATCH_COMPLETED,
                 {
                     "processed": stats.processed,
@@ -245,147 +309,132 @@ class ParallelBatchProcessor(
                     "duration": time.time() - stats.start_time if stats.start_time else 0.0,
                 },
             )
+        # Progress callbacks may still run: like 0.7.2, they are not waited for, and leaving
+        # the processor cancels them.
+        await dispatcher.drain(self.config.observer_drain_timeout)
+
+    async def _run_workers(self) -> None:
+        pool = self._pool = self._make_pool()
+        count = max(1, min(self.max_workers, self._queue.qsize()))
+        try:
+            await pool.run(count)
+        except BaseException:
+            await self._progress.cancel_all(self.config.cancellation_grace)
+            raise
+        finally:
+            self._workers = pool.started
+
+    def _make_pool(self) -> WorkerPool:
+        dispatcher = self._dispatcher
+        config = self.config
+
+        def started(worker_id: int) -> None:
+            if dispatcher.observers:
+                dispatcher.publish(ProcessingEvent.WORKER_STARTED, {"worker_id": worker_id})
+
+        def stopped(worker_id: int) -> None:
+            if dispatcher.observers:
+                dispatcher.publish(ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id})
+
+        return WorkerPool(
+            self._queue,
+            run=self._runner.run,
+            on_defect=self._defect_result,
+            record=self._record_result,
+            post=self._post_process,
+            abandoned_result=self._abandoned_result,
+            on_started=started,
+            on_stopped=stopped,
+            hook_timeout=config.hook_timeout,
+            grace=config.cancellation_grace,
+        )
+
+    def _defect_result(
+        self, item: LLMWorkItem[TInput, TOutput, TContext], exc: Exception
+    ) -> WorkItemResult[TOutput, TContext]:
+        # Only a defect (ours or a plug-in's) gets here; the item still gets its result.
+        logger.error("Internal error while processing item %s", item.item_id, exc_info=exc)
+        return WorkItemResult(
+            item_id=item.item_id,
+            success=False,
+            error=error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
+            context=item.context,
+            token_usage={},
+        )
+
+    async def _post_process(
+        self, result: WorkItemResult[TOutput, TContext], worker: WorkerContext
+    ) -> None:
+        await self._run_post_processor(result, worker.deadline)
+
+    def _abandoned_result(
+        self, item: LLMWorkItem[TInput, TOutput, TContext], step: str
+    ) -> WorkItemResult[TOutput, TContext]:
+        """The failed result of an item whose worker was stuck in `step` and given up on."""
+        config = self.config
+        grace = config.cancellation_grace
+        error: Exception
+        if step == "execute()" or step == "":
+            error = FrameworkTimeoutError(
+                f"Attempt for item {item.item_id!r} exceeded timeout_per_item "
+                f"({config.timeout_per_item}s) and ignored its cancellation for {grace}s; "
+                "the call was abandoned",
+                item_id=item.item_id,
+                timeout_limit=config.timeout_per_item,
+            )
+        else:
+            error = HookTimeoutError(
+                f"{step} for item {item.item_id!r} overran its time bound and ignored its "
+                f"cancellation for {grace}s; it was abandoned",
+                hook=step,
+                abandoned=True,
+            )
+        if self._dispatcher.observers:
+            self._dispatcher.publish(
+                ProcessingEvent.ITEM_FAILED,
+                {"item_id": item.item_id, "error_type": type(error).__name__},
+            )
+        return WorkItemResult(
+            item_id=item.item_id,
+            success=False,
+            error=error_text(error, ERROR_MESSAGE_MAX_LENGTH),
+            context=item.context,
+            token_usage={},
+        )
 
     def _count_rate_limit(self) -> None:
         self._stats.rate_limit_count += 1
 
-    async def _worker(self, worker_id: int) -> None:
-        dispatcher = self._dispatcher
-        if dispatcher.observers:
-            await dispatcher.emit(ProcessingEvent.WORKER_STARTED, {"worker_id": worker_id})
-        queue = self._queue
-        coordinator = self._coordinator
-        runner = self._runner
-        deadline = AttemptDeadline()
-        try:
-            while True:
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    item = await queue.get()
-                if item is None:
-                    queue.task_done()
-                    if dispatcher.observers:
-                        await dispatcher.emit(
-                            ProcessingEvent.WORKER_STOPPED, {"worker_id": worker_id}
-                        )
-                    return
-                try:
-                    if not coordinator.gate_open:
-                        await coordinator.wait_turn()
-                    try:
-                        result = await runner.run(item, worker_id, deadline)
-                    except Exception as exc:
-                        # Only a defect (ours or a plug-in's) gets here; the item still
-                        # gets its one result.
-                        logger.exception("Internal error while processing item %s", item.item_id)
-                        result = WorkItemResult(
-                            item_id=item.item_id,
-                            success=False,
-                            error=error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
-                            context=item.context,
-                        )
-                    self._record_result(result, item.item_id)
-                    if self.post_processor is not None:
-                        await self._run_post_processor(result)
-                finally:
-                    queue.task_done()
-        finally:
-            deadline.close()
+    def _admission_for(self, strategy: RateLimitStrategy) -> Admission:
+        limit = self.config.rate_limit.max_rate_limit_retries
+        admission: Admission
+        if isinstance(strategy, AdaptiveRateLimitStrategy):
+            admission = ControllerAdmission(strategy.controller, limit)
+        else:
+            admission = CooldownAdmission(self._coordinator, limit)
+        if self._limiter is not None:
+            admission = LimiterAdmission(admission, lambda: self._limiter)
+        return admission
 
-    async def _process_item(
-        self,
-        work_item: LLMWorkItem[TInput, TOutput, TContext],
-        worker_id: int = 0,
-        attempt_number: int = 1,
-        strategy: Any = None,
-        retry_state: RetryState | None = None,
-    ) -> WorkItemResult[TOutput, TContext]:
-        """One attempt (0.7.2 API): the result, or the error if it should be retried."""
-        if strategy is None:
-            strategy = work_item.strategy
-        return await self._runner.attempt_with_error_handling(
-            work_item, worker_id, attempt_number, strategy, retry_state
+    async def _run_rare_hook(self, factory: Any, what: str) -> Any:
+        config = self.config
+        return await run_in_task(
+            factory,
+            timeout=config.hook_timeout,
+            grace=config.cancellation_grace,
+            what=what,
+            orphans=self._lifecycle.orphans,
         )
 
-    # -- 0.7.2 compatibility ---------------------------------------------------------------
-    # Private members that upstream's tests and subclasses reach into. They delegate to the
-    # components above; nothing in the library reads them.
 
-    async def _process_item_with_retries(
-        self, work_item: LLMWorkItem[TInput, TOutput, TContext], worker_id: int
-    ) -> WorkItemResult[TOutput, TContext]:
-        return await self._runner.run(work_item, worker_id, raise_on_failure=True)
+def _limiter_for(requests_per_minute: float | None) -> AsyncLimiter | None:
+    """The proactive limiter for ``max_requests_per_minute`` (``None`` when unset).
 
-    async def _handle_rate_limit(
-        self, worker_id: int, observed_generation: int | None = None
-    ) -> None:
-        await self._coordinator.handle_rate_limit(worker_id, observed_generation)
-
-    async def _ensure_strategy_prepared(self, strategy: Any) -> None:
-        await self._lifecycle.ensure_prepared(strategy)
-
-    async def _cleanup_strategies(self) -> None:
-        await self._lifecycle.cleanup_all()
-
-    @property
-    def _rate_limit_event(self) -> asyncio.Event:
-        return self._coordinator.resume_event
-
-    @property
-    def _proactive_rate_limiter(self) -> AsyncLimiter | None:
-        return self._runner.limiter
-
-    @_proactive_rate_limiter.setter
-    def _proactive_rate_limiter(self, limiter: AsyncLimiter | None) -> None:
-        # Tests and subclasses swap in their own limiter; the runner must use it.
-        self._runner.limiter = limiter
-
-    @property
-    def _in_cooldown(self) -> bool:
-        return self._coordinator.in_cooldown
-
-    @property
-    def _cooldown_generation(self) -> int:
-        return self._coordinator.generation
-
-    @property
-    def _cooldown_complete_generation(self) -> int:
-        return self._coordinator.completed_generation
-
-    @property
-    def _consecutive_rate_limits(self) -> int:
-        return self._coordinator.consecutive
-
-    @property
-    def _slow_start_active(self) -> bool:
-        return self._coordinator.slow_start_active
-
-    @property
-    def _items_since_resume(self) -> int:
-        return self._coordinator.items_since_resume
-
-    @property
-    def _strategies_cleaned_up(self) -> bool:
-        return self._lifecycle.cleaned_up
-
-    @property
-    def _prepared_strategies(self) -> list[Any]:
-        return self._lifecycle.prepared
-
-    def _get_strategy(self, work_item: LLMWorkItem[TInput, TOutput, TContext]) -> Any:
-        return work_item.strategy
-
-    def _should_retry_error(self, exception: Exception) -> bool:
-        return bool(self.error_classifier.classify(exception).is_retryable)
-
-    def _extract_token_usage(self, exception: BaseException) -> dict[str, int]:
-        return self._runner.token_extractor.extract_from_exception(exception)
-
-    async def _emit_event(self, event: ProcessingEvent, data: dict[str, Any] | None = None) -> None:
-        await self._dispatcher.emit(event, data)
-
-
-def _rate_controller_of(strategy: RateLimitStrategy) -> RateController | None:
-    """The per-scope controller of an adaptive strategy; ``None`` means shared cooldowns."""
-    return strategy.controller if isinstance(strategy, AdaptiveRateLimitStrategy) else None
+    aiolimiter cannot acquire more than its capacity, so a budget below one request per
+    minute becomes one request per ``60 / rpm`` seconds.
+    """
+    if not requests_per_minute:
+        return None
+    if requests_per_minute < 1:
+        return AsyncLimiter(max_rate=1, time_period=60.0 / requests_per_minute)
+    return AsyncLimiter(max_rate=requests_per_minute, time_period=60)

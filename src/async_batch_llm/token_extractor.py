@@ -8,16 +8,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
+from async_batch_llm._internal.usage import FAILED_USAGE_ATTR, USAGE_KEYS
+
 __all__ = ["TokenExtractor"]
 
 logger = logging.getLogger(__name__)
 
-_TOKEN_KEYS: Final[tuple[str, ...]] = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_input_tokens",
-)
+_TOKEN_KEYS: Final[tuple[str, ...]] = USAGE_KEYS
 
 #: All four counts at zero; read-only, copy it before filling in.
 _EMPTY_USAGE: Final[Mapping[str, int]] = MappingProxyType(dict.fromkeys(_TOKEN_KEYS, 0))
@@ -83,7 +80,7 @@ def _extract(exception: BaseException) -> dict[str, int]:
     if usage is not None:
         return _coerce_usage(usage)
 
-    attached = getattr(exception, "__dict__", {}).get("_failed_token_usage")
+    attached = getattr(exception, "__dict__", {}).get(FAILED_USAGE_ATTR)
     tokens = dict(_EMPTY_USAGE)
     if isinstance(attached, dict):
         for key, value in attached.items():

@@ -131,12 +131,22 @@ class TestRefunds:
         pacer.refund(50)
         assert delays(pacer, 3, now=T0 + 10.0) == [0.0, 0.0, 1.0]
 
-    def test_restart_drops_bookings_and_resumes_gently(self) -> None:
+    def test_restart_resumes_gently(self) -> None:
         """After ``restart(at)`` one unit goes at ``at`` and the rest follow at the rate."""
         pacer = Pacer(2.0, burst=4.0, now=T0)
-        delays(pacer, 10)
+        delays(pacer, 4)
         pacer.restart(T0 + 3.0)
         assert delays(pacer, 3) == [3.0, 3.5, 4.0]
+
+    def test_restart_keeps_what_was_booked(self) -> None:
+        """Units booked beyond the pause stay booked: a pause never grants extra units."""
+        pacer = Pacer(2.0, burst=4.0, now=T0)
+        delays(pacer, 10)  # booked until T0 + 3.5
+        pacer.restart(T0 + 1.0)
+        assert delays(pacer, 2) == [3.5, 4.0]
+        pacer.refund(2)
+        pacer.restart(T0 + 1.0)
+        assert delays(pacer, 1) == [3.5]
 
 
 class TestSync:

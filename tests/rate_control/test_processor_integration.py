@@ -17,6 +17,7 @@ from async_batch_llm import (
     ProcessingEvent,
     ProcessorConfig,
     PydanticAIStrategy,
+    RateLimitConfig,
     RetryConfig,
     RetryState,
     TokenUsage,
@@ -149,7 +150,8 @@ async def test_quota_exhaustion_fails_every_remaining_item_without_calling() -> 
     errors = sorted(r.error.split(":")[0] for r in result.results)
     assert errors == ["QuotaExhaustedError"] * 9 + ["QuotaGone"]
     assert len(recorder.of(ProcessingEvent.ITEM_FAILED)) == 10
-    assert len(recorder.of(ProcessingEvent.ITEM_STARTED)) == 10
+    # Only the one call that was made started; the others failed at admission.
+    assert len(recorder.of(ProcessingEvent.ITEM_STARTED)) == 1
     assert isinstance(QuotaExhaustedError(RateScope("p", "", "m")), Exception)
 
 
@@ -176,11 +178,12 @@ async def test_metrics_observer_exports_scope_gauges() -> None:
     assert 'async_batch_llm_scope_rate_limits_total{scope="test/k/m"} 1' in text
 
 
-async def test_default_strategies_keep_the_0_7_2_metrics_shape() -> None:
-    """Without an adaptive strategy get_metrics() has no rate_limit_scopes key."""
+async def test_cooldown_strategies_keep_the_0_7_2_metrics_shape() -> None:
+    """With the 0.7.2 shared cooldown, get_metrics() has no rate_limit_scopes key."""
     log: list[str] = []
     metrics = MetricsObserver()
-    processor = Processor(config=_config(), observers=[metrics])
+    config = _config(rate_limit=RateLimitConfig(cooldown_seconds=0.01))
+    processor = Processor(config=config, observers=[metrics])
     await _run(processor, [LLMWorkItem(item_id="x", strategy=ScopedStrategy("d", [], log))])
     assert "rate_limit_scopes" not in await metrics.get_metrics()
 

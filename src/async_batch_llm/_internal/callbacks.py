@@ -1,9 +1,11 @@
-"""Running the user's progress callback and post-processor without letting them hurt the batch.
+"""The user's progress callback and post-processor, bounded so they cannot hurt the batch.
 
-The progress callback never blocks a worker: it runs as a tracked background task (a sync
-callback in a thread) with an optional time limit. The post-processor is awaited by the
-worker (so ``process_all()`` returns only after every result was post-processed) under a
-time limit. Errors from either are logged and swallowed.
+The progress callback never blocks a worker: an async one runs as a tracked task, a sync
+one on a daemon thread (`SyncCallRunner`), each under ``progress_callback_timeout``. The
+post-processor is awaited by the worker (so ``process_all()`` returns only after every
+result was post-processed) under ``post_processor_timeout``; a sync one also runs on a
+daemon thread, so a hung one blocks neither the event loop nor interpreter exit. Errors and
+overruns of either are logged and swallowed.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ProgressNotifier", "is_async_callable", "run_post_processor"]
+from async_batch_llm._internal.hooks import SyncCallRunner, run_step
+
+if TYPE_CHECKING:
+    from async_batch_llm._internal.deadline import AttemptDeadline
+
+__all__ = ["PostProcessorRunner", "ProgressNotifier", "is_async_callable"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +35,18 @@ def is_async_callable(func: object) -> bool:
 
 
 class ProgressNotifier:
-    """Schedules progress callbacks as owned tasks that are cancelled at cleanup.
+    """Runs progress callbacks in the background, as owned tasks.
 
     Args:
         tasks: The set that holds the running callback tasks (the processor's
             ``_progress_tasks``); tasks remove themselves when done.
+        grace: Seconds an overrunning async callback gets to honour its cancellation.
     """
 
-    def __init__(self, tasks: set[asyncio.Task[Any]]) -> None:
+    def __init__(self, tasks: set[asyncio.Task[Any]], *, grace: float = 5.0) -> None:
         self.tasks = tasks
+        self.grace = grace
+        self._threads = SyncCallRunner("async-batch-llm-progress")
 
     def notify(
         self,
@@ -49,42 +59,39 @@ class ProgressNotifier:
     ) -> None:
         """Start ``callback(completed, total, current_item)`` in the background."""
         if is_async:
-            task: asyncio.Task[Any] = asyncio.ensure_future(
-                self._run_async(callback, completed, total, current_item)
-            )
+            runner = self._run_async(callback, timeout, completed, total, current_item)
         else:
-            task = asyncio.ensure_future(self._run_sync(callback, completed, total, current_item))
-        self._track(task)
-        if timeout is not None:
-            self._track(asyncio.ensure_future(self._limit(task, timeout)))
-
-    def _track(self, task: asyncio.Task[Any]) -> None:
+            runner = self._run_sync(callback, timeout, completed, total, current_item)
+        task: asyncio.Task[Any] = asyncio.ensure_future(runner)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    @staticmethod
-    async def _run_async(callback: Callable[..., Any], *args: Any) -> None:
+    async def _run_async(
+        self, callback: Callable[..., Any], timeout: float | None, *args: Any
+    ) -> None:
+        # The callback runs in this task (no child task), so it starts as soon as the
+        # notification does; a callback that ignores its cancellation keeps only this task
+        # busy, and leaving the processor cancels it again.
         try:
-            await callback(*args)
-        except Exception as exc:
-            logger.warning("Progress callback raised %r; ignored", exc)
-
-    @staticmethod
-    async def _run_sync(callback: Callable[..., Any], *args: Any) -> None:
-        try:
-            await asyncio.to_thread(callback, *args)
-        except Exception as exc:
-            logger.warning("Progress callback raised %r; ignored", exc)
-
-    @staticmethod
-    async def _limit(task: asyncio.Task[Any], timeout: float) -> None:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
+            async with asyncio.timeout(timeout):
+                await callback(*args)
+        except TimeoutError:
             logger.warning("Progress callback exceeded %.2fs; cancelled", timeout)
-            task.cancel()
+        except Exception as exc:
+            logger.warning("Progress callback raised %r; ignored", exc)
+
+    async def _run_sync(
+        self, callback: Callable[..., Any], timeout: float | None, *args: Any
+    ) -> None:
+        try:
+            await self._threads.call(callback, *args, timeout=timeout)
+        except TimeoutError:
+            logger.warning("Progress callback exceeded %.2fs; no longer waited for", timeout)
+        except Exception as exc:
+            logger.warning("Progress callback raised %r; ignored", exc)
 
     async def cancel_all(self, timeout: float) -> None:
-        """Cancel every running callback task and wait up to ``timeout`` seconds for them."""
+        """Cancel every running callback task and wait up to `timeout` seconds for them."""
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
@@ -94,26 +101,52 @@ class ProgressNotifier:
                 logger.warning("%d progress callback task(s) did not stop in time", len(pending))
         self.tasks.clear()
 
+    def close(self) -> None:
+        """Let the callback thread exit."""
+        self._threads.close()
 
-async def run_post_processor(
-    post_processor: Callable[[Any], Any],
-    result: Any,
-    *,
-    timeout: float,
-    inner_timeout: float,
-) -> None:
-    """Call ``post_processor(result)``; await it if it returns an awaitable.
 
-    A sync post-processor runs inline. An async one is limited to ``min(timeout,
-    inner_timeout)`` seconds. Errors and timeouts are logged (ERROR) and swallowed.
+class PostProcessorRunner:
+    """Calls the post-processor for one result, bounded, never raising.
+
+    Args:
+        post_processor: Called with every final result (sync or async).
+        timeout: Seconds allowed per call (``post_processor_timeout``).
+        inner_timeout: A second, fixed bound on an async post-processor (0.7.2's 75 s).
     """
-    try:
-        async with asyncio.timeout(timeout):
-            returned = post_processor(result)
+
+    def __init__(
+        self, post_processor: Callable[[Any], Any], *, timeout: float, inner_timeout: float
+    ) -> None:
+        self.post_processor = post_processor
+        self.timeout = timeout
+        self.inner_timeout = inner_timeout
+        self.is_async = is_async_callable(post_processor)
+        self._threads = SyncCallRunner("async-batch-llm-post-processor")
+
+    async def run(self, result: Any, deadline: AttemptDeadline) -> None:
+        """Post-process `result`; errors and overruns are logged (ERROR) and swallowed."""
+        item_id = getattr(result, "item_id", "?")
+        try:
+            if self.is_async:
+                await run_step(
+                    deadline,
+                    min(self.timeout, self.inner_timeout),
+                    self.post_processor(result),
+                    "post-processor",
+                )
+                return
+            returned = await self._threads.call(self.post_processor, result, timeout=self.timeout)
             if inspect.isawaitable(returned):
-                async with asyncio.timeout(inner_timeout):
-                    await returned
-    except TimeoutError:
-        logger.error("Post-processor timed out for item %s", getattr(result, "item_id", "?"))
-    except Exception as exc:
-        logger.error("Post-processor failed for item %s: %r", getattr(result, "item_id", "?"), exc)
+                # A sync callable that hands back an awaitable: await it here, on the loop.
+                await run_step(
+                    deadline, min(self.timeout, self.inner_timeout), returned, "post-processor"
+                )
+        except TimeoutError:
+            logger.error("Post-processor timed out for item %s", item_id)
+        except Exception as exc:
+            logger.error("Post-processor failed for item %s: %r", item_id, exc)
+
+    def close(self) -> None:
+        """Let the post-processor thread exit."""
+        self._threads.close()

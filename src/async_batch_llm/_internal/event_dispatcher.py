@@ -1,35 +1,175 @@
-"""Fan-out of processor events to observers and the three middleware chains."""
+"""Events to observers, off the workers' path; the three middleware chains, bounded.
+
+Each observer has an `ObserverChannel`: events are appended to its backlog without waiting,
+and a delivery task of the channel hands them to the observer one at a time, in order, each
+call bounded by ``observer_timeout``. A slow or hung observer therefore delays no worker and
+no other observer. `EventDispatcher.drain` waits, with a bound, until every backlog is empty;
+the processor calls it before ``process_all()`` returns, so that observers have seen
+everything by then.
+
+An ``Exception`` (or a timeout) from an observer or a middleware hook is logged as a WARNING
+and never reaches the batch.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from async_batch_llm._internal.deadline import AttemptDeadline
+from async_batch_llm._internal.hooks import run_step
+from async_batch_llm._internal.values import WorkItemResult
+from async_batch_llm.strategies.errors import HookTimeoutError
 
 if TYPE_CHECKING:
-    from async_batch_llm.base import LLMWorkItem, WorkItemResult
+    from async_batch_llm.base import LLMWorkItem
     from async_batch_llm.middleware.base import Middleware
     from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
 
-__all__ = ["DEFAULT_OBSERVER_TIMEOUT", "EventDispatcher"]
+__all__ = [
+    "DEFAULT_OBSERVER_TIMEOUT",
+    "MAX_OBSERVER_BACKLOG",
+    "EventDispatcher",
+    "ObserverChannel",
+    "StepRunner",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OBSERVER_TIMEOUT = 5.0
+DEFAULT_OBSERVER_TIMEOUT: Final = 5.0
+#: Events queued for one observer beyond which new ones are dropped (and counted as missed).
+MAX_OBSERVER_BACKLOG: Final = 100_000
+
+T = TypeVar("T")
+
+#: Runs one hook call under the calling task's bound: ``await run(awaitable, what)``.
+StepRunner = Callable[[Awaitable[Any], str], Awaitable[Any]]
+
+
+class ObserverChannel:
+    """The ordered, bounded delivery of events to one observer.
+
+    Args:
+        observer: Receives the events.
+        timeout: Seconds per event; an overrun is cancelled and the event skipped.
+        grace: Seconds an overrunning call gets to honour its cancellation; after that the
+            delivery task is abandoned and a fresh one carries on with the next event.
+    """
+
+    def __init__(self, observer: ProcessorObserver, *, timeout: float, grace: float) -> None:
+        self.observer = observer
+        self.timeout = timeout
+        self.grace = grace
+        #: Events this observer did not get (dropped when stuck, overfull or at drain).
+        self.missed = 0
+        #: A KeyboardInterrupt or SystemExit the observer raised.
+        self.fatal: BaseException | None = None
+        self._backlog: deque[tuple[ProcessingEvent, dict[str, Any]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._generation = 0
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events waiting for delivery."""
+        return len(self._backlog)
+
+    def put(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+        """Queue `event` for the observer; never waits."""
+        backlog = self._backlog
+        if len(backlog) >= MAX_OBSERVER_BACKLOG:
+            self.missed += 1
+            return
+        backlog.append((event, data))
+        if self._task is None:
+            self._start()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the backlog to empty; drop what is left after."""
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                self._generation += 1
+                self._task = None
+                task.cancel()
+                self.missed += 1  # the event it was busy with
+                await asyncio.wait({task}, timeout=self.grace)
+        if self._backlog:
+            self.missed += len(self._backlog)
+            self._backlog.clear()
+
+    def _start(self) -> None:
+        self._generation += 1
+        self._task = asyncio.ensure_future(self._deliver(self._generation))
+
+    def _abandon(self) -> None:
+        # The observer ignored the cancellation of an overrunning call: leave that task to
+        # itself and deliver the rest from a new one.
+        self.missed += 1
+        logger.warning(
+            "Observer %s ignored the cancellation of a call that overran %ss; that call is "
+            "abandoned and later events go on without it",
+            type(self.observer).__name__,
+            self.timeout,
+        )
+        self._task = None
+        if self._backlog:
+            self._start()
+        else:
+            self._generation += 1
+
+    async def _deliver(self, generation: int) -> None:
+        deadline = AttemptDeadline(on_stuck=self._abandon, grace=self.grace)
+        backlog = self._backlog
+        observer = self.observer
+        try:
+            while backlog and generation == self._generation:
+                event, data = backlog.popleft()
+                try:
+                    await run_step(
+                        deadline, self.timeout, observer.on_event(event, data), "observer"
+                    )
+                except HookTimeoutError:
+                    self.missed += 1
+                    logger.warning(
+                        "Observer %s timed out after %ss handling event %s; skipped",
+                        type(observer).__name__,
+                        self.timeout,
+                        event.value,
+                    )
+                except Exception:
+                    logger.warning(
+                        "Observer %s raised handling event %s; ignored",
+                        type(observer).__name__,
+                        event.value,
+                        exc_info=True,
+                    )
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Raised by the observer: re-raised by ``drain`` in the batch's own task
+            # rather than escaping the event loop from this one.
+            self.fatal = exc
+        finally:
+            deadline.close()
+            if generation == self._generation:
+                self._task = None
 
 
 class EventDispatcher:
-    """Call observers and middleware on behalf of the processor, isolating their failures.
+    """Fans events out to observers and runs the middleware chains, isolating failures.
 
     ``observers`` and ``middlewares`` are the caller's own lists, read at every call, so
-    hooks appended after construction take part. An ``Exception`` from an observer or a
-    middleware is logged as a WARNING and never reaches the batch; ``asyncio.CancelledError``
-    always propagates. With empty lists every method returns at once.
+    hooks appended after construction take part. With empty lists every method returns at
+    once.
 
     Args:
-        observers: Receive every event, one after another, in list order.
-        middlewares: Wrap every attempt (see :class:`~async_batch_llm.Middleware`).
-        observer_timeout: Seconds each observer may take per event before it is abandoned.
+        observers: Receive every event, each from its own `ObserverChannel`.
+        middlewares: Wrap every attempt (see `Middleware`).
+        observer_timeout: Seconds each observer may take per event before it is skipped.
+        grace: Seconds an overrunning observer call gets to honour its cancellation.
     """
 
     def __init__(
@@ -38,13 +178,16 @@ class EventDispatcher:
         middlewares: list[Middleware[Any, Any, Any]],
         *,
         observer_timeout: float = DEFAULT_OBSERVER_TIMEOUT,
+        grace: float = 5.0,
     ) -> None:
         self.observers = observers
         self.middlewares = middlewares
         self.observer_timeout = observer_timeout
+        self.grace = grace
+        self._channels: dict[int, ObserverChannel] = {}
 
-    async def emit(self, event: ProcessingEvent, payload: dict[str, Any] | None = None) -> None:
-        """Send ``event`` with ``payload`` (or an empty dict) to every observer in turn.
+    def publish(self, event: ProcessingEvent, payload: dict[str, Any] | None = None) -> None:
+        """Queue `event` with `payload` (or an empty dict) for every observer; never waits.
 
         All observers receive the same dict object.
         """
@@ -52,40 +195,59 @@ class EventDispatcher:
         if not observers:
             return
         data = payload if payload is not None else {}
+        channels = self._channels
         for observer in observers:
-            # asyncio.timeout rather than wait_for: the observer runs in this task, no new one.
-            deadline = asyncio.timeout(self.observer_timeout)
-            try:
-                async with deadline:
-                    await observer.on_event(event, data)
-            except TimeoutError:
-                if deadline.expired():
-                    logger.warning(
-                        "Observer %s timed out after %ss handling event %s; skipped",
-                        type(observer).__name__,
-                        self.observer_timeout,
-                        event.value,
-                    )
-                else:
-                    # The observer raised TimeoutError itself: a failure like any other.
-                    _log_observer_error(observer, event)
-            except Exception:
-                _log_observer_error(observer, event)
+            channel = channels.get(id(observer))
+            if channel is None or channel.observer is not observer:
+                channel = channels[id(observer)] = ObserverChannel(
+                    observer, timeout=self.observer_timeout, grace=self.grace
+                )
+            channel.put(event, data)
+
+    async def emit(self, event: ProcessingEvent, payload: dict[str, Any] | None = None) -> None:
+        """`publish` for callers that await (kept for the processor's 0.7.2 ``_emit_event``)."""
+        self.publish(event, payload)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds in all) until every observer has its events.
+
+        An observer still busy after that loses its remaining events; one WARNING per
+        observer says how many events it missed in all.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        for channel in list(self._channels.values()):
+            await channel.drain(max(0.0, end - loop.time()))
+        for channel in self._channels.values():
+            if channel.fatal is not None:
+                fatal, channel.fatal = channel.fatal, None
+                raise fatal
+            if channel.missed:
+                logger.warning(
+                    "Observer %s missed %d event(s) of this batch: it was too slow, hung or "
+                    "overfull (observer_timeout=%ss, observer_drain_timeout=%ss)",
+                    type(channel.observer).__name__,
+                    channel.missed,
+                    channel.timeout,
+                    timeout,
+                )
+                channel.missed = 0
 
     async def before_process(
-        self, item: LLMWorkItem[Any, Any, Any]
+        self, item: LLMWorkItem[Any, Any, Any], run: StepRunner | None = None
     ) -> LLMWorkItem[Any, Any, Any] | None:
         """Run every ``before_process`` hook in list order; ``None`` means skip the item.
 
-        Each hook receives the previous hook's item; the first ``None`` stops the chain.
+        Each hook receives the previous hook's item; the first ``None`` stops the chain. A
+        hook that raises or overruns is skipped (logged as a WARNING).
         """
-        middlewares = self.middlewares
-        if not middlewares:
-            return item
+        run = run or _unbounded
         current = item
-        for middleware in middlewares:
+        for middleware in self.middlewares:
             try:
-                returned = await middleware.before_process(current)
+                returned = await run(
+                    middleware.before_process(current), _hook_name(middleware, "before_process")
+                )
             except Exception:
                 _log_middleware_error(middleware, "before_process")
                 continue
@@ -94,66 +256,79 @@ class EventDispatcher:
             current = returned
         return current
 
-    async def after_process(self, result: WorkItemResult[Any, Any]) -> WorkItemResult[Any, Any]:
+    async def after_process(
+        self, result: WorkItemResult[Any, Any], run: StepRunner | None = None
+    ) -> WorkItemResult[Any, Any]:
         """Run every ``after_process`` hook in reverse list order, threading the result.
 
-        A hook that raises or returns ``None`` is skipped (logged as a WARNING).
+        A hook that raises, overruns or returns something other than a result is skipped
+        (logged as a WARNING).
         """
-        middlewares = self.middlewares
-        if not middlewares:
-            return result
+        run = run or _unbounded
         current = result
         # Reverse order so the first middleware wraps the others, like nested context managers.
-        for middleware in reversed(middlewares):
+        for middleware in reversed(self.middlewares):
             try:
-                # Typed as optional: a hook that forgets its return statement must not
-                # replace the result with None.
-                returned: WorkItemResult[Any, Any] | None = await middleware.after_process(current)
+                returned = await run(
+                    middleware.after_process(current), _hook_name(middleware, "after_process")
+                )
             except Exception:
                 _log_middleware_error(middleware, "after_process")
                 continue
-            if returned is None:
+            if not isinstance(returned, WorkItemResult):
                 logger.warning(
-                    "Middleware %s.after_process returned None instead of a result; ignored",
+                    "Middleware %s.after_process returned %s instead of a WorkItemResult; ignored",
                     type(middleware).__name__,
+                    type(returned).__name__,
                 )
                 continue
             current = returned
         return current
 
     async def on_error(
-        self, item: LLMWorkItem[Any, Any, Any], error: Exception
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        error: Exception,
+        run: StepRunner | None = None,
     ) -> WorkItemResult[Any, Any] | None:
         """Ask every ``on_error`` hook in list order for a replacement result.
 
-        Returns the first non-``None`` answer, or ``None`` when no hook recovers the item.
+        Returns the first result answered, or ``None`` when no hook recovers the item.
         """
-        middlewares = self.middlewares
-        if not middlewares:
-            return None
-        for middleware in middlewares:
+        run = run or _unbounded
+        for middleware in self.middlewares:
             try:
-                recovered = await middleware.on_error(item, error)
+                recovered = await run(
+                    middleware.on_error(item, error), _hook_name(middleware, "on_error")
+                )
             except Exception:
                 _log_middleware_error(middleware, "on_error")
                 continue
-            if recovered is not None:
-                return recovered
+            if recovered is None:
+                continue
+            if not isinstance(recovered, WorkItemResult):
+                logger.warning(
+                    "Middleware %s.on_error returned %s instead of a WorkItemResult or None; "
+                    "ignored",
+                    type(middleware).__name__,
+                    type(recovered).__name__,
+                )
+                continue
+            return recovered
         return None
 
 
-def _log_observer_error(observer: ProcessorObserver, event: ProcessingEvent) -> None:
-    logger.warning(
-        "Observer %s raised handling event %s; ignored",
-        type(observer).__name__,
-        event.value,
-        exc_info=True,
-    )
+async def _unbounded(awaitable: Awaitable[Any], what: str) -> Any:
+    return await awaitable
+
+
+def _hook_name(middleware: Middleware[Any, Any, Any], hook: str) -> str:
+    return f"middleware {type(middleware).__name__}.{hook}()"
 
 
 def _log_middleware_error(middleware: Middleware[Any, Any, Any], hook: str) -> None:
     logger.warning(
-        "Middleware %s.%s raised; ignored, the chain continues with the previous value",
+        "Middleware %s.%s raised or overran; ignored, the chain continues with the previous value",
         type(middleware).__name__,
         hook,
         exc_info=True,

@@ -1,15 +1,16 @@
-"""Run one work item to its final result: attempts, retries, rate limits, tokens, events.
+"""Run one work item to its final result: admission, attempts, retries, tokens, events.
 
 The retry policy:
 
 * success ends the item;
-* a rate-limit error waits for the shared cooldown and is retried without using one of
-  ``retry.max_attempts`` (bounded by ``rate_limit.max_rate_limit_retries``);
+* a rate limit is retried without using one of ``retry.max_attempts``: the next admission
+  waits out the pause (and fails the item only when the provider has let nothing through
+  for ``rate_limit.max_rate_limit_retries`` pauses in a row);
 * another retryable error is retried after a backoff (none for validation errors) until
   ``retry.max_attempts`` attempts have failed;
 * a permanent error fails the item at once (middleware ``on_error`` may supply a result).
 
-Tokens of every failed attempt are summed into the failed result.
+Tokens of every failed attempt are summed into the item's result, success or failure.
 """
 
 from __future__ import annotations
@@ -17,29 +18,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
 
-from async_batch_llm._internal.deadline import AttemptDeadline
-from async_batch_llm._internal.quota import is_quota_exhausted
-from async_batch_llm._internal.rate_control.controller import (
-    RateController,
-    Ticket,
-    current_ticket,
+from async_batch_llm._internal.admission import (
+    Admission,
+    Outcome,
+    Permit,
+    RateLimitRetriesExhausted,
 )
-from async_batch_llm._internal.rate_control.scope import RateScope, scope_payload
-from async_batch_llm._internal.retry_hints import retry_after_seconds
+from async_batch_llm._internal.deadline import AttemptDeadline
+from async_batch_llm._internal.hooks import interruption_error, is_propagating, run_step
+from async_batch_llm._internal.quota import is_quota_exhausted
 from async_batch_llm._internal.retry_policy import RetryPolicy
-from async_batch_llm.base import RetryState, TokenUsage, WorkItemResult
+from async_batch_llm._internal.usage import (
+    FAILED_USAGE_ATTR,
+    USAGE_KEYS,
+    UsageNormalizer,
+    add_usage,
+    attach_failed_usage,
+    merged_usage,
+)
+from async_batch_llm._internal.values import RetryState, WorkItemResult
+from async_batch_llm.llm_strategies import LLMCallStrategy
 from async_batch_llm.observers.base import ProcessingEvent
-from async_batch_llm.strategies.errors import DefaultErrorClassifier, FrameworkTimeoutError
+from async_batch_llm.strategies.errors import (
+    DefaultErrorClassifier,
+    FrameworkTimeoutError,
+    HookTimeoutError,
+    unwrap_token_tracking,
+)
 from async_batch_llm.token_extractor import TokenExtractor
 
 if TYPE_CHECKING:
-    from aiolimiter import AsyncLimiter
-
     from async_batch_llm._internal.event_dispatcher import EventDispatcher
-    from async_batch_llm._internal.rate_limit_coordinator import RateLimitCoordinator
     from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
     from async_batch_llm.base import LLMWorkItem
     from async_batch_llm.core.config import ProcessorConfig
@@ -48,70 +60,97 @@ if TYPE_CHECKING:
 __all__ = [
     "ERROR_MESSAGE_DETAILED_LENGTH",
     "ERROR_MESSAGE_MAX_LENGTH",
-    "ItemRunner",
     "SKIPPED_ERROR",
+    "Failed",
+    "ItemRunner",
+    "WorkerAbandoned",
+    "WorkerContext",
     "error_text",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Error text length in results of items that failed after retries (or before any attempt).
-ERROR_MESSAGE_MAX_LENGTH = 200
+ERROR_MESSAGE_MAX_LENGTH: Final = 200
 #: Error text length in results of items that failed with a permanent error.
-ERROR_MESSAGE_DETAILED_LENGTH = 500
+ERROR_MESSAGE_DETAILED_LENGTH: Final = 500
 #: The error text of an item whose ``before_process`` middleware returned ``None``.
-SKIPPED_ERROR = "Skipped by middleware"
+SKIPPED_ERROR: Final = "Skipped by middleware"
 
-_FAILED_USAGE_ATTR = "_failed_token_usage"
-_FALLBACK_CLASSIFIER = DefaultErrorClassifier()
+_FALLBACK_CLASSIFIER: Final = DefaultErrorClassifier()
+_BASE_ON_ERROR: Final = LLMCallStrategy.on_error
 
 
 def error_text(exc: BaseException, limit: int) -> str:
-    """``"<ExceptionClass>: <message>"`` with the message cut to ``limit`` characters."""
-    return f"{type(exc).__name__}: {str(exc)[:limit]}"
+    """``"<ExceptionClass>: <message>"`` with the message cut to `limit` characters."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable error>"
+    return f"{type(exc).__name__}: {message[:limit]}"
 
 
-def _zero_usage() -> dict[str, int]:
-    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_input_tokens": 0}
+class WorkerAbandoned(BaseException):
+    """The worker ran past its bound and was replaced; it must stop without a trace."""
 
 
-def _with_earlier_usage(usage: TokenUsage, earlier: dict[str, int]) -> TokenUsage:
-    """A new usage dict: ``usage`` plus the counts of earlier failed attempts."""
-    merged: dict[str, Any] = dict(usage) if usage else {}
-    for key, count in earlier.items():
-        if count:
-            merged[key] = (merged.get(key) or 0) + count
-    return cast("TokenUsage", merged)
+class WorkerContext:
+    """What the item runner needs of the task it runs in.
 
+    Create it inside the task it describes.
 
-def _estimate_tokens(strategy: Any, prompt: str) -> int:
-    """Tokens to book for a call before it is made (the strategy's estimate if it has one)."""
-    estimate = getattr(strategy, "estimate_tokens", None)
-    if callable(estimate):
-        value = estimate(prompt)
-        if isinstance(value, int) and value >= 0:
-            return value
-    return len(prompt) // 4 + 1
-
-
-def attach_failed_usage(exc: BaseException, usage: dict[str, int]) -> None:
-    """Record the item's summed tokens on the exception it fails with.
-
-    The ``_failed_token_usage`` attribute is the convention of the 0.7.2 API: strategies set
-    it for their own failed calls and callers of ``_process_item_with_retries`` read it.
+    Args:
+        worker_id: The worker's number (for events and cooldown strategies).
+        hook_timeout: Seconds allowed for one middleware hook or ``on_error`` call.
+        on_stuck: Called with this context when a step of the task ignored its
+            cancellation for `grace` seconds (see `AttemptDeadline`).
+        grace: Seconds a cancelled step gets to stop.
     """
-    if hasattr(exc, "__dict__"):
-        exc.__dict__[_FAILED_USAGE_ATTR] = usage
+
+    __slots__ = ("abandoned", "deadline", "hook_timeout", "item", "recorded", "worker_id")
+
+    def __init__(
+        self,
+        worker_id: int,
+        hook_timeout: float,
+        *,
+        on_stuck: Callable[[WorkerContext], object] | None = None,
+        grace: float = 5.0,
+    ) -> None:
+        self.worker_id = worker_id
+        self.hook_timeout = hook_timeout
+        #: The task's reusable step deadline.
+        self.deadline = AttemptDeadline(
+            on_stuck=None if on_stuck is None else (lambda: on_stuck(self)), grace=grace
+        )
+        #: Set when the worker's owner gave up on it; it must not record anything after.
+        self.abandoned = False
+        #: The item the worker is on, and whether its result was recorded already.
+        self.item: Any = None
+        self.recorded = False
+
+    async def run_hook(self, awaitable: Awaitable[Any], what: str) -> Any:
+        """Await a user hook under ``hook_timeout`` (see `run_step`)."""
+        try:
+            return await run_step(self.deadline, self.hook_timeout, awaitable, what)
+        finally:
+            if self.abandoned:
+                raise WorkerAbandoned
 
 
-def failed_usage_of(exc: BaseException) -> TokenUsage:
-    """The usage recorded on ``exc`` by :func:`attach_failed_usage` or a strategy, else ``{}``."""
-    usage = getattr(exc, "__dict__", {}).get(_FAILED_USAGE_ATTR)
-    return usage if isinstance(usage, dict) else {}  # type: ignore[return-value]
+class Failed:
+    """A failed attempt: its error, classified once, and the permit it was admitted with."""
+
+    __slots__ = ("error", "info", "permit")
+
+    def __init__(self, error: Exception, info: ErrorInfo, permit: Permit) -> None:
+        self.error = error
+        self.info = info
+        self.permit = permit
 
 
 class ItemRunner:
-    """Turns one :class:`LLMWorkItem` into exactly one :class:`WorkItemResult`.
+    """Turns one `LLMWorkItem` into exactly one `WorkItemResult`.
 
     The collaborators are public attributes so the processor can swap them (e.g. when a user
     assigns ``processor.error_classifier``).
@@ -123,299 +162,316 @@ class ItemRunner:
         config: ProcessorConfig,
         classifier: ErrorClassifier,
         dispatcher: EventDispatcher,
-        coordinator: RateLimitCoordinator,
+        admission: Admission,
         lifecycle: StrategyLifecycle,
-        limiter: AsyncLimiter | None,
         count_rate_limit: Callable[[], None],
     ) -> None:
         self.config = config
         self.classifier = classifier
         self.dispatcher = dispatcher
-        self.coordinator = coordinator
+        self.admission = admission
         self.lifecycle = lifecycle
-        self.limiter = limiter
         self.retry_policy = RetryPolicy(config.retry)
         self.token_extractor = TokenExtractor()
-        #: Per-scope admission (set when the rate-limit strategy is adaptive), else None.
-        self.rate_controller: RateController | None = None
-        self._scopes: dict[int, tuple[Any, RateScope]] = {}
+        self.usage = UsageNormalizer()
         self._count_rate_limit = count_rate_limit
+
+    def reconfigure(self, config: ProcessorConfig) -> None:
+        """Use `config` (validated) from now on, e.g. after the user edited it in place."""
+        self.config = config
+        self.retry_policy = RetryPolicy(config.retry)
 
     async def run(
         self,
         item: LLMWorkItem[Any, Any, Any],
-        worker_id: int,
-        deadline: AttemptDeadline | None = None,
+        worker: WorkerContext,
         *,
         raise_on_failure: bool = False,
     ) -> WorkItemResult[Any, Any]:
-        """Attempt ``item`` until it succeeds, is skipped, or fails; return its one result.
+        """Attempt `item` until it succeeds, is skipped, or fails; return its one result.
 
-        Errors become a failed result. With ``raise_on_failure`` (the 0.7.2
-        ``_process_item_with_retries`` contract) the last error is raised instead when
-        retries are exhausted, the rate-limit retry bound is passed or ``prepare()`` fails;
-        it then carries the item's summed tokens (see :func:`attach_failed_usage`).
-        Cancellation always propagates. Without a ``deadline`` (a call outside a worker)
-        one is made for this call in the current task.
+        With `raise_on_failure` (the 0.7.2 ``_process_item_with_retries`` contract) the last
+        error is raised instead when retries are exhausted, rate limits never let up or
+        ``prepare()`` fails; it then carries the item's summed tokens as
+        ``_failed_token_usage``. Permanent errors still give a failed result.
         """
         strategy = item.strategy
-        owns_deadline = deadline is None
-        if deadline is None:
-            deadline = AttemptDeadline()
-        try:
-            if id(strategy) not in self.lifecycle.prepared_ids:
-                await self._prepare(item, strategy)
-            state = RetryState()
-            generation = self.coordinator.generation
+        if id(strategy) not in self.lifecycle.prepared_ids:
             try:
-                # The first attempt runs here rather than in the loop below: most items
-                # succeed at once, and this keeps them one call frame shorter.
-                return await self.attempt(item, worker_id, 1, strategy, state, deadline)
+                await self.lifecycle.ensure_prepared(strategy)
             except Exception as exc:
-                return await self._retry(
-                    item, worker_id, strategy, state, deadline, exc, generation
+                logger.error(
+                    "prepare() of strategy %s failed for item %s: %s",
+                    type(strategy).__name__,
+                    item.item_id,
+                    error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
                 )
-        except Exception as exc:
-            if raise_on_failure:
-                raise
-            return await self.fail(item, exc)
-        finally:
-            if owns_deadline:
-                deadline.close()
-
-    async def fail(
-        self, item: LLMWorkItem[Any, Any, Any], exc: Exception
-    ) -> WorkItemResult[Any, Any]:
-        """The result of an item whose attempts ended in ``exc`` (retries exhausted, etc.)."""
-        logger.error("Item %s failed: %s", item.item_id, error_text(exc, ERROR_MESSAGE_MAX_LENGTH))
-        result: WorkItemResult[Any, Any] | None = None
-        if self.dispatcher.middlewares:
-            result = await self.dispatcher.on_error(item, exc)
-        if result is None:
-            result = WorkItemResult(
-                item_id=item.item_id,
-                success=False,
-                error=error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
-                context=item.context,
-                token_usage=failed_usage_of(exc),
-            )
-        await self._emit_outcome(result, exc)
-        return result
-
-    async def _prepare(self, item: LLMWorkItem[Any, Any, Any], strategy: Any) -> None:
+                if raise_on_failure:
+                    raise
+                return await self.fail(item, exc, None, worker)
+        state = RetryState()
+        admission = self.admission
+        # The first attempt on its own, without the retry loop's bookkeeping: most items
+        # need no other.
         try:
-            await self.lifecycle.ensure_prepared(strategy)
+            permit = admission.try_admit(strategy, worker.worker_id, None, None)
+            if permit is None:
+                permit = await admission.admit(strategy, item.prompt, worker.worker_id, None, None)
         except Exception as exc:
-            logger.error(
-                "prepare() of strategy %s failed for item %s: %s",
-                type(strategy).__name__,
-                item.item_id,
-                exc,
-            )
-            raise
+            # Quota exhausted.
+            return await self._give_up(item, exc, None, worker, raise_on_failure)
+        outcome = await self.attempt(item, worker, 1, strategy, state, permit)
+        if not isinstance(outcome, Failed):
+            return outcome
+        return await self._retry(item, worker, strategy, state, outcome, raise_on_failure)
 
     async def _retry(
         self,
         item: LLMWorkItem[Any, Any, Any],
-        worker_id: int,
+        worker: WorkerContext,
         strategy: Any,
         state: RetryState,
-        deadline: AttemptDeadline,
-        exc: Exception,
-        generation: int,
+        failed: Failed,
+        raise_on_failure: bool,
     ) -> WorkItemResult[Any, Any]:
-        """Handle the failure ``exc`` of attempt 1 and run further attempts as the policy says."""
-        coordinator = self.coordinator
-        cumulative = _zero_usage()
-        attempt = 1
+        """Handle the failed first attempt and run further attempts as the policy says."""
+        spent: dict[str, int] = dict.fromkeys(USAGE_KEYS, 0)  # tokens of the failed attempts
         failures = 0
-        rate_limit_retries = 0
+        number = 1
+        admission = self.admission
         while True:
-            TokenExtractor.accumulate(cumulative, self.token_extractor.extract_from_exception(exc))
-            await self._call_on_error(strategy, exc, attempt, state)
-            info = self._classify(exc)
+            error, info, permit = failed.error, failed.info, failed.permit
+            add_usage(spent, self.token_extractor.extract_from_exception(error))
+            await self._strategy_on_error(strategy, error, number, state, worker)
+            limited: BaseException | None = None  # the rate-limit error, for the admission
             if info.is_rate_limit:
-                await self._wait_out_rate_limit(item, worker_id, generation, exc)
-                if rate_limit_retries >= self.config.rate_limit.max_rate_limit_retries:
-                    logger.error(
-                        "Item %s still rate limited after %d retries; giving up",
-                        item.item_id,
-                        rate_limit_retries,
-                    )
-                    attach_failed_usage(exc, cumulative)
-                    raise exc
-                rate_limit_retries += 1
-            elif info.is_retryable:
+                limited = error
+                self.rate_limited(item, worker, permit)
+            elif not info.is_retryable:
+                return await self.fail(item, error, spent, worker, detailed=True)
+            else:
                 failures += 1
                 if failures >= self.config.retry.max_attempts:
-                    attach_failed_usage(exc, cumulative)
-                    raise exc
-                await self._back_off(item, exc, info, failures)
-            else:
-                return await self._permanent_failure(item, exc, cumulative)
-            attempt += 1
-            generation = coordinator.generation
+                    return await self._give_up(item, error, spent, worker, raise_on_failure)
+                await self._back_off(item, error, info, failures)
+            number += 1
             try:
-                result = await self.attempt(item, worker_id, attempt, strategy, state, deadline)
-            except Exception as next_exc:
-                exc = next_exc
-                continue
-            if result.success and any(cumulative.values()):
-                # The failed attempts were paid for too: the item's usage covers all of them.
-                result.token_usage = _with_earlier_usage(result.token_usage, cumulative)
-            return result
+                ready = admission.try_admit(strategy, worker.worker_id, permit, limited)
+                if ready is None:
+                    ready = await admission.admit(
+                        strategy, item.prompt, worker.worker_id, permit, limited
+                    )
+            except Exception as exc:
+                # Quota exhausted, or rate limited with no progress for too long.
+                given_up = error if type(exc) is RateLimitRetriesExhausted else exc
+                return await self._give_up(item, given_up, spent, worker, raise_on_failure)
+            outcome = await self.attempt(item, worker, number, strategy, state, ready)
+            if not isinstance(outcome, Failed):
+                if outcome.success and any(spent.values()):
+                    # The failed attempts were paid for too: the item's usage covers them all.
+                    outcome.token_usage = merged_usage(outcome.token_usage, spent)
+                return outcome
+            failed = outcome
 
     async def attempt(
         self,
         item: LLMWorkItem[Any, Any, Any],
-        worker_id: int,
-        attempt_number: int,
+        worker: WorkerContext,
+        number: int,
         strategy: Any,
         state: RetryState | None,
-        deadline: AttemptDeadline,
-    ) -> WorkItemResult[Any, Any]:
-        """One call of the strategy: middleware, limiter, deadline, success events.
+        permit: Permit,
+    ) -> WorkItemResult[Any, Any] | Failed:
+        """One admitted call: middleware, the strategy under its deadline, events.
 
-        Returns the success (or middleware-skip) result; raises the attempt's error.
+        Returns the success (or middleware-skip) result, or the classified failure.
         """
         dispatcher = self.dispatcher
         observed = bool(dispatcher.observers)
         start = time.monotonic()
         if observed:
-            await dispatcher.emit(
-                ProcessingEvent.ITEM_STARTED, {"item_id": item.item_id, "worker_id": worker_id}
+            dispatcher.publish(
+                ProcessingEvent.ITEM_STARTED,
+                {"item_id": item.item_id, "worker_id": worker.worker_id},
             )
         work_item = item
         if dispatcher.middlewares:
-            prepared_item = await dispatcher.before_process(item)
-            if prepared_item is None:
-                await self._emit_failed(item.item_id, "Skipped")
-                return WorkItemResult(
-                    item_id=item.item_id, success=False, error=SKIPPED_ERROR, context=item.context
-                )
-            work_item = prepared_item
-
+            prepared = await dispatcher.before_process(item, worker.run_hook)
+            if prepared is None:
+                permit.settle(Outcome.RELEASED)
+                return self._skipped(item)
+            work_item = prepared
         config = self.config
-        if self.limiter is not None:
-            await self.limiter.acquire()
-        controller = self.rate_controller
-        ticket: Ticket | None = None
-        if controller is not None:
-            ticket = await controller.admit(
-                self._scope_of(strategy), _estimate_tokens(strategy, work_item.prompt)
-            )
-            context = current_ticket.set(ticket)  # lets the HTTP response hook find the ticket
+        deadline = worker.deadline
         try:
+            # The call runs here, not in a helper coroutine: a frame less per attempt.
             if config.dry_run:
+                # No model call: a dry run is bounded like a hook, not by the attempt deadline.
+                deadline.arm(config.hook_timeout, "dry_run()")
                 returned = await strategy.dry_run(work_item.prompt)
             else:
                 timeout = config.timeout_per_item
                 deadline.arm(timeout)
-                try:
-                    returned = await strategy.execute(
-                        work_item.prompt, attempt_number, timeout, state
-                    )
-                except asyncio.CancelledError as exc:
-                    if deadline.disarm():
-                        raise self._timeout_error(work_item, start, exc) from exc
-                    raise
-                deadline.disarm()
-        except BaseException as exc:
-            if ticket is not None:
-                self._settle_failed(ticket, exc)
-            raise
-        finally:
-            if ticket is not None:
-                current_ticket.reset(context)
-        if type(returned) is tuple and len(returned) == 2:
+                returned = await strategy.execute(work_item.prompt, number, timeout, state)
+            # A call that swallowed its cancellation and returned is late, not failed.
+            deadline.disarm()
+            if worker.abandoned:
+                raise WorkerAbandoned
+            if type(returned) is not tuple or len(returned) != 2:
+                raise TypeError(_malformed_return(strategy, config, returned))
             output, usage = returned
-        else:
-            if ticket is not None:
-                ticket.controller.failed(ticket)
-            msg = (
-                f"{type(strategy).__name__}.{'dry_run' if config.dry_run else 'execute'}() "
-                f"must return a tuple (output, token_usage), got {type(returned).__name__}"
-            )
-            raise TypeError(msg)
-        if ticket is not None:
-            ticket.controller.complete(ticket, usage)
-
+            # The clean-usage check inline (see `is_clean_usage`): it runs for every call.
+            if type(usage) is dict:
+                for count in usage.values():
+                    if type(count) is not int or count < 0:
+                        usage = self.usage.normalize(usage, strategy)
+                        break
+            else:
+                usage = self.usage.normalize(usage, strategy)
+        except BaseException as exc:
+            try:
+                error = self._attempt_error(exc, work_item, strategy, worker, start)
+            except BaseException:
+                permit.settle(Outcome.RELEASED)
+                raise
+            info = self._classify(error)
+            permit.settle(_outcome_of(error, info), error)
+            return Failed(error, info, permit)
+        permit.settle(Outcome.SUCCEEDED, usage)
         # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(
             work_item.item_id, True, output, None, work_item.context, usage
         )
         if dispatcher.middlewares:
-            result = await dispatcher.after_process(result)
+            result = await dispatcher.after_process(result, worker.run_hook)
+            result.token_usage = self.usage.normalize(
+                result.token_usage, dispatcher, "A middleware's after_process() result"
+            )
         if observed:
             payload: dict[str, Any] = {
                 "item_id": work_item.item_id,
                 "duration": time.monotonic() - start,
-                "tokens": usage.get("total_tokens", 0) if usage else 0,
+                "tokens": usage.get("total_tokens", 0),
             }
-            if ticket is not None:
-                payload.update(scope_payload(ticket.controller.snapshot_of(ticket.scope)))
-            await dispatcher.emit(ProcessingEvent.ITEM_COMPLETED, payload)
-        if self.coordinator.consecutive:
-            self.coordinator.record_success()
+            limit = permit.describe()
+            if limit:
+                payload.update(limit)
+            dispatcher.publish(ProcessingEvent.ITEM_COMPLETED, payload)
         return result
 
-    def _scope_of(self, strategy: Any) -> RateScope:
-        """The rate-limit scope of ``strategy`` (its ``rate_limit_scope()``, else a default)."""
-        cached = self._scopes.get(id(strategy))
-        if cached is not None and cached[0] is strategy:
-            return cached[1]
-        scope_of = getattr(strategy, "rate_limit_scope", None)
-        scope = scope_of() if callable(scope_of) else None
-        if not isinstance(scope, RateScope):
-            scope = RateScope("default", "", type(strategy).__name__)
-        self._scopes[id(strategy)] = (strategy, scope)
-        return scope
+    def _attempt_error(
+        self,
+        exc: BaseException,
+        item: LLMWorkItem[Any, Any, Any],
+        strategy: Any,
+        worker: WorkerContext,
+        start: float,
+    ) -> Exception:
+        """The error an attempt that raised `exc` fails with; re-raises what must propagate.
 
-    def _settle_failed(self, ticket: Ticket, exc: BaseException) -> None:
-        """Tell the rate controller how the admitted call ended, so it learns the right thing."""
-        controller = ticket.controller
-        if not isinstance(exc, Exception):
-            controller.release(ticket)
-        elif is_quota_exhausted(exc):
-            controller.quota_exhausted(ticket, str(exc)[:200])
-        elif self._classify(exc).is_rate_limit:
-            controller.rate_limited(ticket, retry_after_seconds(exc))
-        else:
-            controller.failed(ticket, self.token_extractor.extract_from_exception(exc))
+        Every way the call can end other than the batch's own cancellation (or
+        ``KeyboardInterrupt``/``SystemExit``) becomes an ``Exception``: the deadline a
+        `FrameworkTimeoutError`, a stray ``CancelledError`` or other `BaseException` a
+        `CallInterruptedError`.
+        """
+        if isinstance(exc, WorkerAbandoned):
+            raise exc
+        deadline = worker.deadline
+        expired = deadline.disarm()
+        if worker.abandoned:
+            raise WorkerAbandoned from None
+        if expired:
+            error: Exception = self._timeout_error(item, start, exc)
+            error.__cause__ = exc
+            return error
+        if isinstance(exc, Exception):
+            return exc
+        if is_propagating(exc, deadline.task):
+            raise exc
+        what = f"{_method(self.config)} of {type(strategy).__name__}"
+        return interruption_error(exc, what)
 
-    async def attempt_with_error_handling(
+    async def fail(
         self,
         item: LLMWorkItem[Any, Any, Any],
-        worker_id: int,
-        attempt_number: int,
-        strategy: Any,
-        state: RetryState | None,
+        exc: Exception,
+        spent: dict[str, int] | None,
+        worker: WorkerContext,
+        *,
+        detailed: bool = False,
     ) -> WorkItemResult[Any, Any]:
-        """One attempt whose error is handled as in a retry loop, minus the retry.
+        """The final result of an item that failed with `exc` (after middleware ``on_error``).
 
-        A permanent error becomes a failed result; a rate limit waits for the cooldown and
-        is re-raised; another retryable error is re-raised.
+        `spent` sums the tokens of all its attempts (``None``: it made none). `detailed`
+        keeps 500 characters of the error instead of 200 (permanent errors).
         """
-        generation = self.coordinator.generation
-        deadline = AttemptDeadline()
-        try:
-            return await self.attempt(item, worker_id, attempt_number, strategy, state, deadline)
-        except Exception as exc:
-            await self._call_on_error(strategy, exc, attempt_number, state)
-            info = self._classify(exc)
-            if info.is_rate_limit:
-                await self._wait_out_rate_limit(item, worker_id, generation, exc)
-                raise
-            if info.is_retryable:
-                raise
-            usage = self.token_extractor.extract_from_exception(exc)
-            return await self._permanent_failure(item, exc, usage)
-        finally:
-            deadline.close()
+        dispatcher = self.dispatcher
+        result: WorkItemResult[Any, Any] | None = None
+        if dispatcher.middlewares:
+            result = await dispatcher.on_error(item, exc, worker.run_hook)
+            if result is not None:
+                result.token_usage = self.usage.normalize(
+                    result.token_usage, dispatcher, "A middleware's on_error() result"
+                )
+        if result is None:
+            logger.error(
+                "Item %s failed: %s", item.item_id, error_text(exc, ERROR_MESSAGE_MAX_LENGTH)
+            )
+            limit = ERROR_MESSAGE_DETAILED_LENGTH if detailed else ERROR_MESSAGE_MAX_LENGTH
+            result = WorkItemResult(
+                item.item_id,
+                False,
+                None,
+                error_text(exc, limit),
+                item.context,
+                spent if spent is not None else {},  # type: ignore[arg-type]
+            )
+        if dispatcher.observers:
+            self._publish_outcome(result, exc)
+        return result
+
+    async def _give_up(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        exc: Exception,
+        spent: dict[str, int] | None,
+        worker: WorkerContext,
+        raise_on_failure: bool,
+    ) -> WorkItemResult[Any, Any]:
+        if raise_on_failure:
+            if spent is not None:
+                attach_failed_usage(exc, spent)
+            raise exc
+        return await self.fail(item, exc, spent, worker)
+
+    def _skipped(self, item: LLMWorkItem[Any, Any, Any]) -> WorkItemResult[Any, Any]:
+        if self.dispatcher.observers:
+            self.dispatcher.publish(
+                ProcessingEvent.ITEM_FAILED, {"item_id": item.item_id, "error_type": "Skipped"}
+            )
+        return WorkItemResult(item.item_id, False, None, SKIPPED_ERROR, item.context)
+
+    def _publish_outcome(self, result: WorkItemResult[Any, Any], exc: Exception) -> None:
+        """ITEM_FAILED for a failed final result; ITEM_COMPLETED for one a middleware rescued."""
+        if result.success:
+            usage: object = result.token_usage
+            self.dispatcher.publish(
+                ProcessingEvent.ITEM_COMPLETED,
+                {
+                    "item_id": result.item_id,
+                    "tokens": usage.get("total_tokens", 0) if isinstance(usage, dict) else 0,
+                    "recovered_from": type(exc).__name__,
+                },
+            )
+        else:
+            self.dispatcher.publish(
+                ProcessingEvent.ITEM_FAILED,
+                {"item_id": result.item_id, "error_type": type(exc).__name__},
+            )
 
     def _classify(self, exc: Exception) -> ErrorInfo:
         try:
-            return self.classifier.classify(exc)
+            return self.classifier.classify(unwrap_token_tracking(exc))
         except Exception:
             # A broken classifier must not replace the real error in the item's result.
             logger.warning(
@@ -426,55 +482,39 @@ class ItemRunner:
             )
             return _FALLBACK_CLASSIFIER.classify(exc)
 
-    @staticmethod
-    async def _call_on_error(
-        strategy: Any, exc: Exception, attempt: int, state: RetryState | None
+    async def _strategy_on_error(
+        self,
+        strategy: Any,
+        exc: Exception,
+        attempt: int,
+        state: RetryState | None,
+        worker: WorkerContext,
     ) -> None:
+        on_error = getattr(strategy, "on_error", None)
+        if on_error is None or getattr(on_error, "__func__", None) is _BASE_ON_ERROR:
+            return  # the base class's hook does nothing
         try:
-            await strategy.on_error(exc, attempt, state)
+            await worker.run_hook(
+                on_error(exc, attempt, state), f"on_error() of {type(strategy).__name__}"
+            )
         except Exception as hook_exc:
             logger.warning(
-                "on_error() of strategy %s raised %r; ignored", type(strategy).__name__, hook_exc
+                "on_error() of strategy %s raised or overran (%r); ignored",
+                type(strategy).__name__,
+                hook_exc,
             )
 
-    def _timeout_error(
-        self, item: LLMWorkItem[Any, Any, Any], start: float, cause: BaseException
-    ) -> FrameworkTimeoutError:
-        elapsed = time.monotonic() - start
-        limit = self.config.timeout_per_item
-        error = FrameworkTimeoutError(
-            f"Attempt for item {item.item_id!r} exceeded timeout_per_item "
-            f"({elapsed:.1f}s elapsed, limit {limit}s)",
-            item_id=item.item_id,
-            elapsed=elapsed,
-            timeout_limit=limit,
-        )
-        # A strategy that spent tokens before the deadline records them on the
-        # CancelledError it saw; the timeout error must carry them on.
-        usage = getattr(cause, "__dict__", {}).get(_FAILED_USAGE_ATTR)
-        if usage is not None:
-            error.__dict__[_FAILED_USAGE_ATTR] = usage
-        return error
-
-    async def _wait_out_rate_limit(
-        self,
-        item: LLMWorkItem[Any, Any, Any],
-        worker_id: int,
-        generation: int,
-        exc: Exception,
+    def rate_limited(
+        self, item: LLMWorkItem[Any, Any, Any], worker: WorkerContext, permit: Permit
     ) -> None:
+        """Count a rate-limited attempt and report it (``RATE_LIMIT_HIT``)."""
         self._count_rate_limit()
-        controller = self.rate_controller
         if self.dispatcher.observers:
-            payload: dict[str, Any] = {"item_id": item.item_id, "worker_id": worker_id}
-            if controller is not None:
-                payload.update(scope_payload(controller.snapshot_of(self._scope_of(item.strategy))))
-            await self.dispatcher.emit(ProcessingEvent.RATE_LIMIT_HIT, payload)
-        if controller is None:
-            await self.coordinator.handle_rate_limit(
-                worker_id, observed_generation=generation, retry_after=retry_after_seconds(exc)
-            )
-        # With a rate controller only the scope pauses; the next admission waits it out.
+            payload: dict[str, Any] = {"item_id": item.item_id, "worker_id": worker.worker_id}
+            limit = permit.describe()
+            if limit:
+                payload.update(limit)
+            self.dispatcher.publish(ProcessingEvent.RATE_LIMIT_HIT, payload)
 
     async def _back_off(
         self, item: LLMWorkItem[Any, Any, Any], exc: Exception, info: ErrorInfo, failures: int
@@ -491,46 +531,51 @@ class ItemRunner:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _permanent_failure(
-        self, item: LLMWorkItem[Any, Any, Any], exc: Exception, cumulative: dict[str, int]
-    ) -> WorkItemResult[Any, Any]:
-        result: WorkItemResult[Any, Any] | None = None
-        if self.dispatcher.middlewares:
-            result = await self.dispatcher.on_error(item, exc)
-        if result is None:
-            logger.error(
-                "Item %s failed permanently: %s",
-                item.item_id,
-                error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
+    def _timeout_error(
+        self, item: LLMWorkItem[Any, Any, Any], start: float, cause: BaseException
+    ) -> TimeoutError:
+        elapsed = time.monotonic() - start
+        if self.config.dry_run:
+            limit = self.config.hook_timeout
+            return HookTimeoutError(
+                f"dry_run() for item {item.item_id!r} did not finish within {limit}s",
+                hook="dry_run()",
+                timeout=limit,
             )
-            result = WorkItemResult(
-                item_id=item.item_id,
-                success=False,
-                error=error_text(exc, ERROR_MESSAGE_DETAILED_LENGTH),
-                context=item.context,
-                token_usage=cast("TokenUsage", cumulative),
-            )
-        await self._emit_outcome(result, exc)
-        return result
+        limit = self.config.timeout_per_item
+        error = FrameworkTimeoutError(
+            f"Attempt for item {item.item_id!r} exceeded timeout_per_item "
+            f"({elapsed:.1f}s elapsed, limit {limit}s)",
+            item_id=item.item_id,
+            elapsed=elapsed,
+            timeout_limit=limit,
+        )
+        # A strategy that spent tokens before the deadline records them on the error it saw;
+        # the timeout error carries them on, as they were.
+        attributes = getattr(cause, "__dict__", None)
+        if isinstance(attributes, dict) and FAILED_USAGE_ATTR in attributes:
+            error.__dict__[FAILED_USAGE_ATTR] = attributes[FAILED_USAGE_ATTR]
+        return error
 
-    async def _emit_outcome(self, result: WorkItemResult[Any, Any], exc: Exception) -> None:
-        """ITEM_FAILED for a failed final result; ITEM_COMPLETED for one a middleware rescued."""
-        if result.success:
-            if self.dispatcher.observers:
-                usage = result.token_usage
-                await self.dispatcher.emit(
-                    ProcessingEvent.ITEM_COMPLETED,
-                    {
-                        "item_id": result.item_id,
-                        "tokens": usage.get("total_tokens", 0) if usage else 0,
-                        "recovered_from": type(exc).__name__,
-                    },
-                )
-        else:
-            await self._emit_failed(result.item_id, type(exc).__name__)
 
-    async def _emit_failed(self, item_id: str, error_type: str) -> None:
-        if self.dispatcher.observers:
-            await self.dispatcher.emit(
-                ProcessingEvent.ITEM_FAILED, {"item_id": item_id, "error_type": error_type}
-            )
+def _outcome_of(exc: Exception, info: ErrorInfo) -> Outcome:
+    if info.is_rate_limit:
+        return Outcome.RATE_LIMITED
+    if info.error_category == "quota_exhausted" or is_quota_exhausted(exc):
+        return Outcome.QUOTA_EXHAUSTED
+    return Outcome.FAILED
+
+
+def _method(config: ProcessorConfig) -> str:
+    return "dry_run()" if config.dry_run else "execute()"
+
+
+def _malformed_return(strategy: Any, config: ProcessorConfig, returned: object) -> str:
+    if type(returned) is tuple:
+        got = f"a tuple of {len(returned)} item(s)"
+    else:
+        got = f"{type(returned).__name__} {returned!r:.60}"
+    return (
+        f"{type(strategy).__name__}.{_method(config)} must return a 2-tuple "
+        f"(output, token_usage), got {got}"
+    )

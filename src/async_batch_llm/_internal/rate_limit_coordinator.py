@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from async_batch_llm.observers.base import ProcessingEvent
@@ -28,11 +29,17 @@ logger = logging.getLogger(__name__)
 #: Upper bound for a server-provided retry hint when the strategy has no ``max_cooldown``.
 DEFAULT_MAX_COOLDOWN = 600.0
 
-Emit = Callable[[ProcessingEvent, dict[str, Any]], Awaitable[None]]
+Publish = Callable[[ProcessingEvent, dict[str, Any]], None]
+#: Runs a user hook under a time bound: ``await run_hook(lambda: hook(...), "what")``.
+HookRunner = Callable[[Callable[[], Coroutine[Any, Any, Any]], str], Awaitable[Any]]
 
 
-async def _no_emit(event: ProcessingEvent, payload: dict[str, Any]) -> None:
+def _no_publish(event: ProcessingEvent, payload: dict[str, Any]) -> None:
     return None
+
+
+async def _unbounded(factory: Callable[[], Coroutine[Any, Any, Any]], what: str) -> Any:
+    return await factory()
 
 
 class RateLimitCoordinator:
@@ -40,9 +47,10 @@ class RateLimitCoordinator:
 
     Args:
         strategy: Chooses cooldown lengths and the slow-start delays.
-        emit: Publishes ``COOLDOWN_STARTED`` / ``COOLDOWN_ENDED``; called only when
+        publish: Publishes ``COOLDOWN_STARTED`` / ``COOLDOWN_ENDED``; called only when
             ``has_listeners()`` is true.
         has_listeners: Whether anyone listens to events (skip building payloads if not).
+        run_hook: Runs the strategy's ``on_rate_limit`` under a time bound.
         sleep: The sleep used for cooldowns and slow-start delays (tests inject their own).
         clock: Monotonic clock for measuring cooldowns.
     """
@@ -51,14 +59,16 @@ class RateLimitCoordinator:
         self,
         strategy: RateLimitStrategy,
         *,
-        emit: Emit = _no_emit,
+        publish: Publish = _no_publish,
         has_listeners: Callable[[], bool] = lambda: False,
+        run_hook: HookRunner = _unbounded,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.strategy = strategy
-        self._emit = emit
+        self._publish = publish
         self._has_listeners = has_listeners
+        self._run_hook = run_hook
         self._sleep = sleep
         self._clock = clock
         #: Set while workers may take items; cleared for the length of a cooldown.
@@ -73,13 +83,11 @@ class RateLimitCoordinator:
         self.consecutive = 0
         self.slow_start_active = False
         self.items_since_resume = 0
+        #: True when an attempt may start without waiting at all (no cooldown, no ramp). A
+        #: flag kept in step with the two, because it is read for every attempt.
+        self.gate_open = True
         self._generation_done = asyncio.Event()
         self._generation_done.set()
-
-    @property
-    def gate_open(self) -> bool:
-        """True when a worker may take its next item without waiting at all."""
-        return not self.slow_start_active and self.resume_event.is_set()
 
     async def wait_turn(self) -> None:
         """Worker gate, passed once per dequeued item: wait out a cooldown, then slow start."""
@@ -98,6 +106,7 @@ class RateLimitCoordinator:
             self.items_since_resume += 1
             return delay
         self.slow_start_active = False
+        self.gate_open = self.resume_event.is_set()
         self.items_since_resume = 0
         return 0.0
 
@@ -133,6 +142,7 @@ class RateLimitCoordinator:
         self.consecutive += 1
         consecutive = self.consecutive
         self.resume_event.clear()
+        self.gate_open = False
         done = self._generation_done = asyncio.Event()
         started = self._clock()
         error: BaseException | None = None
@@ -152,7 +162,7 @@ class RateLimitCoordinator:
             raise
         try:
             if self._has_listeners():
-                await self._emit(
+                self._publish(
                     ProcessingEvent.COOLDOWN_STARTED,
                     {"worker_id": worker_id, "duration": cooldown, "consecutive": consecutive},
                 )
@@ -173,7 +183,7 @@ class RateLimitCoordinator:
             payload: dict[str, Any] = {"duration": max(0.0, self._clock() - started)}
             if error is not None:
                 payload["error"] = str(error)[:200]
-            await self._emit(ProcessingEvent.COOLDOWN_ENDED, payload)
+            self._publish(ProcessingEvent.COOLDOWN_ENDED, payload)
 
     async def _choose_cooldown(
         self, worker_id: int, consecutive: int, retry_after: float | None
@@ -181,7 +191,16 @@ class RateLimitCoordinator:
         if retry_after is not None:
             ceiling = getattr(self.strategy, "max_cooldown", DEFAULT_MAX_COOLDOWN)
             return min(max(retry_after, 0.0), float(ceiling))
-        return float(await self.strategy.on_rate_limit(worker_id, consecutive))
+        strategy = self.strategy
+        cooldown = float(
+            await self._run_hook(
+                lambda: strategy.on_rate_limit(worker_id, consecutive),
+                f"on_rate_limit() of {type(strategy).__name__}",
+            )
+        )
+        if math.isnan(cooldown) or cooldown < 0:
+            return 0.0
+        return min(cooldown, DEFAULT_MAX_COOLDOWN) if math.isinf(cooldown) else cooldown
 
     def _finish(self, done: asyncio.Event) -> None:
         # Runs on every exit path, cancellation included, so no worker stays paused.

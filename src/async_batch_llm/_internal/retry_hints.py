@@ -17,7 +17,7 @@ from typing import Any
 
 from async_batch_llm._internal.exception_chain import exception_chain
 
-__all__ = ["retry_after_seconds"]
+__all__ = ["response_headers", "retry_after_seconds"]
 
 
 def retry_after_seconds(exc: BaseException, *, now: datetime | None = None) -> float | None:
@@ -43,6 +43,23 @@ def retry_after_seconds(exc: BaseException, *, now: datetime | None = None) -> f
         hint = _hint_of(candidate, now)
         if hint is not None:
             return hint
+    return None
+
+
+def response_headers(exc: BaseException) -> Any | None:
+    """The HTTP headers of the response `exc` (or an error it was raised from) came with.
+
+    Looks at ``exc.response.headers`` (openai, anthropic, httpx errors) and ``exc.headers``;
+    ``None`` when no exception in the chain carries any.
+    """
+    for candidate in exception_chain(exc):
+        try:
+            sources = _header_sources(candidate)
+        except Exception:
+            continue
+        for headers in sources:
+            if callable(getattr(headers, "get", None)):
+                return headers
     return None
 
 

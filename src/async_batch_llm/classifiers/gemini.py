@@ -12,11 +12,13 @@ from typing import Final
 from async_batch_llm._internal.quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
 from async_batch_llm._internal.retry_hints import retry_after_seconds
 from async_batch_llm.strategies.errors import (
+    CallInterruptedError,
     DefaultErrorClassifier,
     ErrorClassifier,
     ErrorInfo,
     FrameworkTimeoutError,
     error_info,
+    unwrap_token_tracking,
 )
 
 try:
@@ -105,8 +107,11 @@ class GeminiErrorClassifier(ErrorClassifier):
 
     def classify(self, exception: Exception) -> ErrorInfo:
         """Return how ``exception`` should be handled, by the rules in the class docstring."""
+        exception = unwrap_token_tracking(exception)
         if isinstance(exception, FrameworkTimeoutError):
             return error_info("framework_timeout", retryable=True, timeout=True)
+        if isinstance(exception, CallInterruptedError):
+            return error_info("interrupted", retryable=exception.is_stray_cancellation)
         if is_quota_exhausted(exception):
             return error_info(QUOTA_EXHAUSTED_CATEGORY, retryable=False)
         msg = _message_of(exception)

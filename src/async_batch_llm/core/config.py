@@ -1,57 +1,101 @@
 """Configuration of a batch run: retries, rate-limit handling and the processor itself.
 
-Each config validates itself on construction and again whenever :meth:`validate` is called
-(the processor calls it), so a config edited in place is re-checked before it is used.
-Invalid values raise ``TypeError`` (wrong type) or ``ValueError`` (out of range) naming the
-field, the value and the fix. Combinations that are legal but probably unintended are
-reported as a WARNING on this module's logger.
+Each config validates itself on construction and again whenever `validate()` is called:
+the processor calls it when it is built and again when a batch starts, so a config edited in
+place is re-checked before it is used. Invalid values raise `TypeError` (wrong type) or
+`ValueError` (out of range) naming the field, the value and the fix. Combinations that are
+legal but probably unintended are reported as a WARNING on this module's logger.
+
+Every check is one row of a rule table (`_Rule`): the field, its type, the condition, and
+the sentence that says how to fix it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
 __all__ = ["ProcessorConfig", "RateLimitConfig", "RetryConfig"]
 
 logger = logging.getLogger(__name__)
 
+_Kind = Literal["int", "number", "optional number", "bool"]
 
-def _check_int(name: str, value: object) -> None:
-    """Raise ``TypeError`` unless ``value`` is an integer (``bool`` excluded)."""
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """One check of one field.
+
+    ``accepts(config)`` is evaluated after the type check of ``field``; when it fails the
+    ``ValueError`` reads ``"<requirement>, got <got(config)>; <fix>"``. A rule without
+    ``accepts`` only checks the type.
+    """
+
+    field: str
+    kind: _Kind
+    requirement: str = ""
+    accepts: Callable[[Any], bool] | None = None
+    fix: str = ""
+    got: Callable[[Any], str] | None = None
+
+
+def _positive(name: str) -> Callable[[Any], bool]:
+    # ``not (x > 0)`` style: NaN fails every comparison, so it is rejected too.
+    return lambda config: getattr(config, name) > 0
+
+
+def _at_least(name: str, bound: float) -> Callable[[Any], bool]:
+    return lambda config: getattr(config, name) >= bound
+
+
+def _positive_or_none(name: str) -> Callable[[Any], bool]:
+    return lambda config: getattr(config, name) is None or getattr(config, name) > 0
+
+
+def _check_type(name: str, kind: _Kind, value: object) -> None:
     # bool is an int subclass, but ``max_workers=True`` is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        msg = (
-            f"{name} must be an int, got {value!r} ({type(value).__name__}); "
-            f"pass a whole number, e.g. {name}=5"
-        )
-        raise TypeError(msg)
-
-
-def _check_number(name: str, value: object, *, allow_none: bool = False) -> None:
-    """Raise ``TypeError`` unless ``value`` is a real number (or ``None`` when allowed)."""
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        accepted = "an int, a float or None" if allow_none else "an int or a float"
-        msg = f"{name} must be {accepted}, got {value!r} ({type(value).__name__}); pass a number"
-        if allow_none:
-            msg += " or None"
-        raise TypeError(msg)
-
-
-def _check_bool(name: str, value: object) -> None:
-    """Raise ``TypeError`` unless ``value`` is ``True`` or ``False``."""
-    # A truthy string such as "false" would silently switch the option on.
-    if not isinstance(value, bool):
+    is_bool = isinstance(value, bool)
+    if kind == "int":
+        if is_bool or not isinstance(value, numbers.Integral):
+            msg = (
+                f"{name} must be an int, got {value!r} ({type(value).__name__}); "
+                f"pass a whole number, e.g. {name}=5"
+            )
+            raise TypeError(msg)
+    elif kind in ("number", "optional number"):
+        if kind == "optional number" and value is None:
+            return
+        if is_bool or not isinstance(value, numbers.Real):
+            accepted = (
+                "an int, a float or None" if kind == "optional number" else "an int or a float"
+            )
+            msg = (
+                f"{name} must be {accepted}, got {value!r} ({type(value).__name__}); pass a number"
+            )
+            if kind == "optional number":
+                msg += " or None"
+            raise TypeError(msg)
+    elif not is_bool:
+        # A truthy string such as "false" would silently switch the option on.
         msg = f"{name} must be a bool, got {value!r} ({type(value).__name__}); pass True or False"
         raise TypeError(msg)
 
 
+def _apply(config: object, rules: Sequence[_Rule]) -> None:
+    for rule in rules:
+        _check_type(rule.field, rule.kind, getattr(config, rule.field))
+        if rule.accepts is not None and not rule.accepts(config):
+            got = rule.got(config) if rule.got is not None else repr(getattr(config, rule.field))
+            msg = f"{rule.requirement}, got {got}; {rule.fix}"
+            raise ValueError(msg)
+
+
 def _check_instance(name: str, value: object, cls: type, example: str) -> None:
-    """Raise ``TypeError`` unless ``value`` is an instance of ``cls``."""
     if not isinstance(value, cls):
         msg = (
             f"{name} must be a {cls.__name__}, got {value!r} ({type(value).__name__}); "
@@ -94,251 +138,256 @@ def _total_backoff(
 class RetryConfig:
     """How often a failed item is retried and how long to wait between attempts.
 
-    The wait before retry ``n`` (1-based) is ``min(initial_wait * exponential_base ** (n - 1),
-    max_wait)``, scaled to 50-100% at random when ``jitter`` is on. Validation-type errors
-    are retried without waiting.
+    The wait before retry ``n`` (1-based) is
+    ``min(initial_wait * exponential_base ** (n - 1), max_wait)``, scaled to 50-100% at
+    random when `jitter` is on. Errors that look like a malformed answer (validation
+    errors) are retried without waiting.
 
     Raises:
         TypeError: A field has the wrong type.
-        ValueError: A field is out of range (see :meth:`validate`).
+        ValueError: A field is out of range.
     """
 
-    #: Calls per item, the first one included (``1`` means no retries). Calls that failed
-    #: with a rate limit do not count; ``RateLimitConfig.max_rate_limit_retries`` bounds them.
     max_attempts: int = 3
-    #: Seconds to wait before the first retry; must be positive.
+    """Calls per item, the first one included (``1`` means no retries). Calls that were
+    rate limited do not count; `RateLimitConfig.max_rate_limit_retries` bounds those."""
     initial_wait: float = 1.0
-    #: Upper bound in seconds for any single wait; at least ``initial_wait``.
+    """Seconds to wait before the first retry; must be positive."""
     max_wait: float = 60.0
-    #: Factor by which the wait grows per retry (``1`` keeps it constant).
+    """Upper bound in seconds for any single wait; at least `initial_wait`."""
     exponential_base: float = 2.0
-    #: Randomise each wait to 50-100% of its value, so retries of many items spread out.
+    """Factor by which the wait grows per retry (``1`` keeps it constant)."""
     jitter: bool = True
+    """Randomise each wait to 50-100% of its value, so retries of many items spread out."""
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field; raise ``TypeError``/``ValueError`` on the first bad one.
+        """Check every field; raise `TypeError`/`ValueError` on the first bad one.
 
-        Range checks run in this order: ``max_attempts``, ``initial_wait``, ``max_wait``,
-        ``exponential_base``.
+        Range checks run in this order: `max_attempts`, `initial_wait`, `max_wait`,
+        `exponential_base`.
         """
-        # Range checks on floats are written as ``not (x >= bound)`` so that NaN, which
-        # fails every comparison, is rejected as well.
-        _check_int("max_attempts", self.max_attempts)
-        if self.max_attempts < 1:
-            msg = f"max_attempts must be >= 1, got {self.max_attempts!r}; use 1 to disable retries"
-            raise ValueError(msg)
-        _check_number("initial_wait", self.initial_wait)
-        if not self.initial_wait > 0:
-            msg = (
-                f"initial_wait must be > 0, got {self.initial_wait!r}; "
-                "pass the seconds to wait before the first retry, e.g. 1.0"
-            )
-            raise ValueError(msg)
-        _check_number("max_wait", self.max_wait)
-        if not self.max_wait >= self.initial_wait:
-            msg = (
-                f"max_wait must be >= initial_wait, got max_wait={self.max_wait!r} and "
-                f"initial_wait={self.initial_wait!r}; raise max_wait or lower initial_wait"
-            )
-            raise ValueError(msg)
-        _check_number("exponential_base", self.exponential_base)
-        if not self.exponential_base >= 1:
-            msg = (
-                f"exponential_base must be >= 1, got {self.exponential_base!r}; "
-                "use 1 for a constant wait or e.g. 2 to double it per retry"
-            )
-            raise ValueError(msg)
-        _check_bool("jitter", self.jitter)
+        _apply(self, _RETRY_RULES)
+
+
+_RETRY_RULES: Final = (
+    _Rule(
+        "max_attempts",
+        "int",
+        "max_attempts must be >= 1",
+        _at_least("max_attempts", 1),
+        "use 1 to disable retries",
+    ),
+    _Rule(
+        "initial_wait",
+        "number",
+        "initial_wait must be > 0",
+        _positive("initial_wait"),
+        "pass the seconds to wait before the first retry, e.g. 1.0",
+    ),
+    _Rule(
+        "max_wait",
+        "number",
+        "max_wait must be >= initial_wait",
+        lambda c: c.max_wait >= c.initial_wait,
+        "raise max_wait or lower initial_wait",
+        lambda c: f"max_wait={c.max_wait!r} and initial_wait={c.initial_wait!r}",
+    ),
+    _Rule(
+        "exponential_base",
+        "number",
+        "exponential_base must be >= 1",
+        _at_least("exponential_base", 1),
+        "use 1 for a constant wait or e.g. 2 to double it per retry",
+    ),
+    _Rule("jitter", "bool"),
+)
 
 
 @dataclass
 class RateLimitConfig:
-    """How the processor pauses and ramps back up after a provider rate limit (HTTP 429).
+    """The shared cooldown after a provider rate limit (HTTP 429), as in 0.7.2.
 
-    The first rate limit pauses all workers for ``cooldown_seconds``; each further one
-    before a success multiplies the pause by ``backoff_multiplier``. After a pause, the
-    next ``slow_start_items`` items are delayed, from ``slow_start_initial_delay`` down to
-    ``slow_start_final_delay`` seconds. Rate-limited attempts do not use up
-    ``RetryConfig.max_attempts``: an item is retried after each of up to
-    ``max_rate_limit_retries`` rate limits, and the next one fails it with the rate-limit
-    error.
+    The first rate limit pauses all workers for `cooldown_seconds`; each further one
+    before a success multiplies the pause by `backoff_multiplier`. After a pause, the next
+    `slow_start_items` calls are delayed, from `slow_start_initial_delay` down to
+    `slow_start_final_delay` seconds. Rate-limited attempts do not use up
+    `RetryConfig.max_attempts`.
+
+    Leaving every field but `max_rate_limit_retries` at its default (and passing no
+    `rate_limit_strategy`) selects the adaptive per-provider rate control instead (see
+    `async_batch_llm.rate_control`); changing any of them selects this cooldown.
 
     Raises:
         TypeError: A field has the wrong type.
-        ValueError: A field is out of range (see :meth:`validate`).
+        ValueError: A field is out of range.
     """
 
-    #: Seconds all workers pause after the first rate limit (``0`` resumes at once).
     cooldown_seconds: float = 300.0
-    #: Items delayed after a pause while throughput ramps back up (``0`` disables the ramp).
+    """Seconds all workers pause after the first rate limit (``0`` resumes at once)."""
     slow_start_items: int = 50
-    #: Delay in seconds before the first item after a pause.
+    """Calls delayed after a pause while throughput ramps back up (``0`` disables the ramp)."""
     slow_start_initial_delay: float = 2.0
-    #: Delay in seconds the ramp ends at; at most ``slow_start_initial_delay``.
+    """Delay in seconds before the first call after a pause."""
     slow_start_final_delay: float = 0.1
-    #: Factor by which the pause grows for each consecutive rate limit (``1.0`` = constant).
+    """Delay in seconds the ramp ends at; at most `slow_start_initial_delay`."""
     backoff_multiplier: float = 1.5
-    #: Retries one item gets after rate limits; ``0`` fails it on its first rate limit.
+    """Factor by which the pause grows for each consecutive rate limit (``1.0`` = constant)."""
     max_rate_limit_retries: int = 10
+    """Pauses in a row during which the provider let no call of the scope through, after
+    which a rate-limited item fails (``0`` fails it on its first rate limit). An item that
+    loses races while other calls succeed keeps retrying."""
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field; raise ``TypeError``/``ValueError`` on the first bad one.
+        """Check every field; raise `TypeError`/`ValueError` on the first bad one.
 
-        Range checks run in this order: ``cooldown_seconds``, ``slow_start_items``,
-        ``slow_start_initial_delay`` vs ``slow_start_final_delay``, ``backoff_multiplier``,
-        ``max_rate_limit_retries``.
+        Range checks run in this order: `cooldown_seconds`, `slow_start_items`,
+        `slow_start_initial_delay` vs `slow_start_final_delay`, `backoff_multiplier`,
+        `max_rate_limit_retries`.
         """
-        # ``not (x >= bound)`` also rejects NaN.
-        _check_number("cooldown_seconds", self.cooldown_seconds)
-        if not self.cooldown_seconds >= 0:
-            msg = (
-                f"cooldown_seconds must be >= 0, got {self.cooldown_seconds!r}; "
-                "pass the seconds to pause after a rate limit (0 resumes at once)"
-            )
-            raise ValueError(msg)
-        _check_int("slow_start_items", self.slow_start_items)
-        if self.slow_start_items < 0:
-            msg = (
-                f"slow_start_items must be >= 0, got {self.slow_start_items!r}; "
-                "use 0 to disable the slow-start ramp"
-            )
-            raise ValueError(msg)
-        _check_number("slow_start_initial_delay", self.slow_start_initial_delay)
-        _check_number("slow_start_final_delay", self.slow_start_final_delay)
-        if not self.slow_start_initial_delay >= self.slow_start_final_delay:
-            msg = (
-                "slow_start_initial_delay must be >= slow_start_final_delay, got "
-                f"slow_start_initial_delay={self.slow_start_initial_delay!r} and "
-                f"slow_start_final_delay={self.slow_start_final_delay!r}; the ramp starts at "
-                "the initial delay and shrinks to the final one, so swap or adjust them"
-            )
-            raise ValueError(msg)
-        _check_number("backoff_multiplier", self.backoff_multiplier)
-        if not self.backoff_multiplier >= 1.0:
-            msg = (
-                f"backoff_multiplier must be >= 1.0, got {self.backoff_multiplier!r}; "
-                "use 1.0 for equal pauses or e.g. 2.0 to double each consecutive pause"
-            )
-            raise ValueError(msg)
-        _check_int("max_rate_limit_retries", self.max_rate_limit_retries)
-        if self.max_rate_limit_retries < 0:
-            msg = (
-                f"max_rate_limit_retries must be >= 0, got {self.max_rate_limit_retries!r}; "
-                "use 0 to fail an item on its first rate limit"
-            )
-            raise ValueError(msg)
+        _apply(self, _RATE_LIMIT_RULES)
+
+    def configures_cooldown(self) -> bool:
+        """Whether a cooldown field differs from its default (`max_rate_limit_retries` aside)."""
+        defaults = RateLimitConfig()
+        return any(
+            getattr(self, f.name) != getattr(defaults, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "max_rate_limit_retries"
+        )
+
+
+_RATE_LIMIT_RULES: Final = (
+    _Rule(
+        "cooldown_seconds",
+        "number",
+        "cooldown_seconds must be >= 0",
+        _at_least("cooldown_seconds", 0),
+        "pass the seconds to pause after a rate limit (0 resumes at once)",
+    ),
+    _Rule(
+        "slow_start_items",
+        "int",
+        "slow_start_items must be >= 0",
+        _at_least("slow_start_items", 0),
+        "use 0 to disable the slow-start ramp",
+    ),
+    _Rule("slow_start_initial_delay", "number"),
+    _Rule(
+        "slow_start_final_delay",
+        "number",
+        "slow_start_initial_delay must be >= slow_start_final_delay",
+        lambda c: c.slow_start_initial_delay >= c.slow_start_final_delay,
+        "the ramp starts at the initial delay and shrinks to the final one, so swap or adjust them",
+        lambda c: (
+            f"slow_start_initial_delay={c.slow_start_initial_delay!r} and "
+            f"slow_start_final_delay={c.slow_start_final_delay!r}"
+        ),
+    ),
+    _Rule(
+        "backoff_multiplier",
+        "number",
+        "backoff_multiplier must be >= 1.0",
+        _at_least("backoff_multiplier", 1.0),
+        "use 1.0 for equal pauses or e.g. 2.0 to double each consecutive pause",
+    ),
+    _Rule(
+        "max_rate_limit_retries",
+        "int",
+        "max_rate_limit_retries must be >= 0",
+        _at_least("max_rate_limit_retries", 0),
+        "use 0 to fail an item on its first rate limit",
+    ),
+)
 
 
 @dataclass
 class ProcessorConfig:
-    """Settings of a :class:`~async_batch_llm.ParallelBatchProcessor` run.
+    """Settings of a `ParallelBatchProcessor` run.
 
-    Fields can be passed positionally in the order below. :meth:`validate` raises on
-    invalid values and logs a WARNING for legal but suspicious combinations.
+    The first eleven fields can be passed positionally in the order below (as in 0.7.2);
+    the time bounds on user hooks after them are keyword-only. `validate()` raises on invalid
+    values and logs a WARNING for legal but suspicious combinations.
 
     Raises:
         TypeError: A field has the wrong type.
-        ValueError: A field, or a field of ``retry``/``rate_limit``, is out of range.
+        ValueError: A field, or a field of `retry`/`rate_limit`, is out of range.
     """
 
-    #: Number of worker tasks, i.e. items processed concurrently.
     max_workers: int = 5
-    #: Seconds allowed for each attempt (not for the item as a whole).
+    """Calls in flight at once. The processor starts no more workers than there are items."""
     timeout_per_item: float = 120.0
-    #: Seconds allowed for the post-processor of one result.
+    """Seconds allowed for each attempt (not for the item as a whole); an attempt that
+    overruns is cancelled and fails with `FrameworkTimeoutError`, which is retried."""
     post_processor_timeout: float = 90.0
-    #: Retry policy for failed attempts.
+    """Seconds allowed for the post-processor of one result."""
     retry: RetryConfig = field(default_factory=RetryConfig)
-    #: Pause and ramp-up policy after rate limits.
+    """Retry policy for failed attempts."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
-    #: Proactive request budget per minute across all workers; ``None`` disables it.
+    """The 0.7.2 shared cooldown; at its defaults, adaptive per-provider rate control runs
+    instead (see `RateLimitConfig`)."""
     max_requests_per_minute: float | None = None
-    #: Items between two progress callbacks / progress log lines.
+    """Proactive request budget per minute across all workers (fractions allowed, e.g.
+    ``0.5`` is one request every two minutes); ``None`` disables it."""
     progress_interval: int = 10
-    #: Seconds allowed for the progress callback; ``None`` means no limit.
+    """Results between two progress callbacks / progress log lines."""
     progress_callback_timeout: float | None = 5.0
-    #: Accepted for compatibility; has no effect (configure logging levels instead).
+    """Seconds allowed for one progress callback; ``None`` means no limit."""
     enable_detailed_logging: bool = False
-    #: Capacity of the work queue; ``0`` means unbounded.
+    """Accepted for compatibility; has no effect (configure logging levels instead)."""
     max_queue_size: int = 0
-    #: Call each strategy's ``dry_run()`` instead of ``execute()`` (no model calls).
+    """Capacity of the work queue; ``0`` means unbounded."""
     dry_run: bool = False
+    """Call each strategy's ``dry_run()`` instead of ``execute()`` (no model calls)."""
+    hook_timeout: float = field(default=30.0, kw_only=True)
+    """Seconds allowed for one call of a middleware hook, of a strategy's ``on_error`` and of
+    a rate-limit strategy's ``on_rate_limit``. One that overruns is cancelled and treated
+    like one that raised (logged, and the item goes on)."""
+    prepare_timeout: float = field(default=300.0, kw_only=True)
+    """Seconds allowed for a strategy's ``prepare()``; overrunning fails the item like a
+    ``prepare()`` that raised."""
+    cleanup_timeout: float = field(default=60.0, kw_only=True)
+    """Seconds allowed for one strategy's ``cleanup()`` at shutdown."""
+    observer_timeout: float = field(default=5.0, kw_only=True)
+    """Seconds an observer may take for one event before that event is skipped for it.
+    Observers never hold up the workers: events reach each of them in order, from a task of
+    their own."""
+    observer_drain_timeout: float = field(default=30.0, kw_only=True)
+    """Seconds ``process_all()`` waits, once the work is done, for observers to take the
+    events still queued for them; what an observer has not taken by then is dropped, with
+    one WARNING saying how many events it missed."""
+    cancellation_grace: float = field(default=5.0, kw_only=True)
+    """Seconds a call or hook that was cancelled for overrunning its time bound gets to
+    stop. One that ignores the cancellation for longer is abandoned: its item fails (or its
+    hook counts as failed) and the batch goes on without it."""
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field, then ``retry`` and ``rate_limit``; raise on the first bad one.
+        """Check every field, then `retry` and `rate_limit`; raise on the first bad one.
 
-        Range checks run in this order: ``max_workers``, ``timeout_per_item``,
-        ``post_processor_timeout``, ``progress_interval``, ``progress_callback_timeout``,
-        ``max_queue_size``, ``max_requests_per_minute``, then ``retry.validate()`` and
-        ``rate_limit.validate()``. Finally logs a WARNING (never raises) when the queue is
-        smaller than the worker pool, when an attempt's timeout is shorter than the first
-        retry wait or than half of the total retry backoff, or when the request budget is
-        below one request per second per worker.
+        Range checks run in this order: `max_workers`, `timeout_per_item`,
+        `post_processor_timeout`, `progress_interval`, `progress_callback_timeout`,
+        `max_queue_size`, `max_requests_per_minute`, then `retry.validate()` and
+        `rate_limit.validate()`, then the hook bounds. Finally logs a WARNING (never raises)
+        when the queue is smaller than the worker pool, when an attempt's timeout is shorter
+        than the first retry wait or than half of the total retry backoff, or when the
+        request budget is below one request per second per worker.
         """
-        # ``not (x > 0)`` also rejects NaN.
-        _check_int("max_workers", self.max_workers)
-        if self.max_workers < 1:
-            msg = f"max_workers must be >= 1, got {self.max_workers!r}; use at least 1 worker"
-            raise ValueError(msg)
-        _check_number("timeout_per_item", self.timeout_per_item)
-        if not self.timeout_per_item > 0:
-            msg = (
-                f"timeout_per_item must be > 0, got {self.timeout_per_item!r}; "
-                "pass the seconds each attempt may take, e.g. 120.0"
-            )
-            raise ValueError(msg)
-        _check_number("post_processor_timeout", self.post_processor_timeout)
-        if not self.post_processor_timeout > 0:
-            msg = (
-                f"post_processor_timeout must be > 0, got {self.post_processor_timeout!r}; "
-                "pass the seconds the post-processor may take, e.g. 90.0"
-            )
-            raise ValueError(msg)
-        _check_int("progress_interval", self.progress_interval)
-        if self.progress_interval < 1:
-            msg = (
-                f"progress_interval must be >= 1, got {self.progress_interval!r}; "
-                "pass how many items to process between progress reports"
-            )
-            raise ValueError(msg)
-        _check_number("progress_callback_timeout", self.progress_callback_timeout, allow_none=True)
-        if self.progress_callback_timeout is not None and not self.progress_callback_timeout > 0:
-            msg = (
-                f"progress_callback_timeout must be > 0, got {self.progress_callback_timeout!r}; "
-                "pass a positive number of seconds, or None for no limit"
-            )
-            raise ValueError(msg)
-        _check_int("max_queue_size", self.max_queue_size)
-        if self.max_queue_size < 0:
-            msg = (
-                f"max_queue_size must be >= 0, got {self.max_queue_size!r}; "
-                "use 0 for an unbounded queue"
-            )
-            raise ValueError(msg)
-        _check_number("max_requests_per_minute", self.max_requests_per_minute, allow_none=True)
-        if self.max_requests_per_minute is not None and not self.max_requests_per_minute > 0:
-            msg = (
-                f"max_requests_per_minute must be > 0 or None, got "
-                f"{self.max_requests_per_minute!r}; pass None to disable the proactive limiter"
-            )
-            raise ValueError(msg)
+        _apply(self, _PROCESSOR_RULES)
         _check_instance("retry", self.retry, RetryConfig, "RetryConfig(max_attempts=3)")
         self.retry.validate()
         _check_instance(
             "rate_limit", self.rate_limit, RateLimitConfig, "RateLimitConfig(cooldown_seconds=60)"
         )
         self.rate_limit.validate()
-        _check_bool("enable_detailed_logging", self.enable_detailed_logging)
-        _check_bool("dry_run", self.dry_run)
+        _apply(self, _HOOK_RULES)
         self._warn_about_suspicious_values()
 
     def _warn_about_suspicious_values(self) -> None:
@@ -387,3 +436,81 @@ class ProcessorConfig:
                 rpm / 60,
                 self.max_workers,
             )
+
+
+def _seconds_rule(name: str, example: str) -> _Rule:
+    return _Rule(
+        name,
+        "number",
+        f"{name} must be > 0",
+        _positive(name),
+        f"pass a number of seconds, e.g. {name}={example}",
+    )
+
+
+_PROCESSOR_RULES: Final = (
+    _Rule(
+        "max_workers",
+        "int",
+        "max_workers must be >= 1",
+        _at_least("max_workers", 1),
+        "use at least 1 worker",
+    ),
+    _Rule(
+        "timeout_per_item",
+        "number",
+        "timeout_per_item must be > 0",
+        _positive("timeout_per_item"),
+        "pass the seconds each attempt may take, e.g. 120.0",
+    ),
+    _Rule(
+        "post_processor_timeout",
+        "number",
+        "post_processor_timeout must be > 0",
+        _positive("post_processor_timeout"),
+        "pass the seconds the post-processor may take, e.g. 90.0",
+    ),
+    _Rule(
+        "progress_interval",
+        "int",
+        "progress_interval must be >= 1",
+        _at_least("progress_interval", 1),
+        "pass how many items to process between progress reports",
+    ),
+    _Rule(
+        "progress_callback_timeout",
+        "optional number",
+        "progress_callback_timeout must be > 0",
+        _positive_or_none("progress_callback_timeout"),
+        "pass a positive number of seconds, or None for no limit",
+    ),
+    _Rule(
+        "max_queue_size",
+        "int",
+        "max_queue_size must be >= 0",
+        _at_least("max_queue_size", 0),
+        "use 0 for an unbounded queue",
+    ),
+    _Rule(
+        "max_requests_per_minute",
+        "optional number",
+        "max_requests_per_minute must be > 0 or None",
+        lambda c: (
+            c.max_requests_per_minute is None
+            or (c.max_requests_per_minute > 0 and math.isfinite(c.max_requests_per_minute))
+        ),
+        "pass the requests allowed per minute (e.g. 60, or 0.5 for one every two minutes), "
+        "or None to disable the proactive limiter",
+    ),
+    _Rule("enable_detailed_logging", "bool"),
+    _Rule("dry_run", "bool"),
+)
+
+_HOOK_RULES: Final = (
+    _seconds_rule("hook_timeout", "30.0"),
+    _seconds_rule("prepare_timeout", "300.0"),
+    _seconds_rule("cleanup_timeout", "60.0"),
+    _seconds_rule("observer_timeout", "5.0"),
+    _seconds_rule("observer_drain_timeout", "30.0"),
+    _seconds_rule("cancellation_grace", "5.0"),
+)

@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
-from async_batch_llm.base import LLMResponse
+from async_batch_llm._internal.values import LLMResponse
 
 __all__ = ["TOutput", "AgentLike", "ResultLike", "UsageLike", "LLMModel", "ManagedLLMModel"]
 

@@ -3,16 +3,20 @@
 Exceptions raised by the framework itself::
 
     Exception
-    └── TokenTrackingError        a failure that still cost tokens (carries the usage)
+    ├── TokenTrackingError        a failure that still cost tokens (carries the usage)
+    └── CallInterruptedError      a call ended with a BaseException that is not an error
     TimeoutError
-    └── FrameworkTimeoutError     the framework's own per-attempt deadline expired
+    ├── FrameworkTimeoutError     the framework's own per-attempt deadline expired
+    └── HookTimeoutError          a user hook (middleware, prepare, ...) overran its bound
 
-An :class:`ErrorClassifier` turns any exception raised by a strategy into an
-:class:`ErrorInfo` that tells the processor whether to retry, cool down, or give up.
+An `ErrorClassifier` turns any exception raised by a strategy into an `ErrorInfo` that
+tells the processor whether to retry, cool down, or give up. A `TokenTrackingError` is
+transparent to classification: it is classified as the error it was raised from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -21,11 +25,13 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from async_batch_llm._internal.quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
-from async_batch_llm.base import TokenUsage
+from async_batch_llm._internal.values import TokenUsage
 
 __all__ = [
     "TokenTrackingError",
     "FrameworkTimeoutError",
+    "HookTimeoutError",
+    "CallInterruptedError",
     "ErrorInfo",
     "ErrorClassifier",
     "DefaultErrorClassifier",
@@ -116,6 +122,79 @@ class FrameworkTimeoutError(TimeoutError):
         return (rebuild, self.args, dict(self.__dict__))
 
 
+class HookTimeoutError(TimeoutError):
+    """A user hook did not finish within its time bound (see `ProcessorConfig`).
+
+    Raised for ``prepare()`` (the item fails), and used in the logs for middleware hooks,
+    ``on_error``, ``cleanup()``, post-processors and observers, whose overrun is treated
+    like an exception they raised.
+
+    Args:
+        message: The error message.
+        hook: What overran, e.g. ``"prepare() of MyStrategy"``.
+        timeout: The bound in seconds.
+        abandoned: Whether the hook ignored its cancellation and was left running.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hook: str | None = None,
+        timeout: float | None = None,
+        abandoned: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.hook = hook
+        self.timeout = timeout
+        self.abandoned = abandoned
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild = functools.partial(
+            type(self), hook=self.hook, timeout=self.timeout, abandoned=self.abandoned
+        )
+        return (rebuild, self.args, dict(self.__dict__))
+
+
+class CallInterruptedError(Exception):
+    """A strategy call or hook ended with a `BaseException` that is not an error.
+
+    Either a ``CancelledError`` that did not come from cancelling the batch (some SDKs leak
+    them from their own timeouts), or a custom `BaseException` subclass. Either fails only
+    the attempt it came from: a stray cancellation is retried, anything else is permanent.
+    `KeyboardInterrupt`, `SystemExit` and the batch's own cancellation are never turned
+    into this error; they propagate.
+
+    Args:
+        message: The error message.
+        interruption: The `BaseException` that ended the call (also the ``__cause__``).
+    """
+
+    def __init__(self, message: str, *, interruption: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.interruption = interruption
+
+    @property
+    def is_stray_cancellation(self) -> bool:
+        """Whether the call ended with a ``CancelledError`` nobody asked for."""
+        return isinstance(self.interruption, asyncio.CancelledError)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args, dict(self.__dict__))
+
+
+def unwrap_token_tracking(exception: Exception) -> Exception:
+    """The error a `TokenTrackingError` was raised from (itself when it has none)."""
+    current = exception
+    # A wrapper of a wrapper is still the original error underneath.
+    for _ in range(8):
+        cause = current.__cause__
+        if type(current) is not TokenTrackingError or not isinstance(cause, Exception):
+            break
+        current = cause
+    return current
+
+
 @dataclass
 class ErrorInfo:
     """How the processor should treat one error.
@@ -168,27 +247,36 @@ class ErrorClassifier(ABC):
 class DefaultErrorClassifier(ErrorClassifier):
     """A provider-neutral classifier; the first matching rule wins.
 
-    0. A used-up hard quota (a per-day Gemini quota, OpenAI ``insufficient_quota``):
+    A `TokenTrackingError` is classified as the error it was raised from.
+
+    1. `FrameworkTimeoutError`: retryable framework timeout.
+    2. `CallInterruptedError`: a stray cancellation is retryable (``"interrupted"``),
+       anything else permanent.
+    3. A used-up hard quota (a per-day Gemini quota, OpenAI ``insufficient_quota``):
        permanent, ``quota_exhausted``, not a rate limit (a cooldown would not help).
-    1. A rate-limit phrase (:data:`RATE_LIMIT_PATTERNS`) in the message: rate limit.
-    2. :class:`FrameworkTimeoutError`: retryable framework timeout.
-    3. ``TimeoutError`` or ``"timeout"`` in the message: retryable API timeout.
-    4. ``ConnectionError`` or ``"connection"`` in the message: retryable connection error.
-    5. ``pydantic.ValidationError``: retryable validation error.
-    6. ``ValueError``, ``TypeError`` and other bug-like types: permanent logic error.
-    7. Anything else: retryable, category ``"unknown"``.
+    4. A rate-limit phrase (`RATE_LIMIT_PATTERNS`) in the message: rate limit.
+    5. ``TimeoutError`` or ``"timeout"`` in the message: retryable API timeout.
+    6. ``ConnectionError`` or ``"connection"`` in the message: retryable connection error.
+    7. ``pydantic.ValidationError``: retryable validation error.
+    8. ``ValueError``, ``TypeError`` and other bug-like types: permanent logic error.
+    9. Anything else: retryable, category ``"unknown"``.
     """
 
     def classify(self, exception: Exception) -> ErrorInfo:
-        """Return how ``exception`` should be handled, by the rules in the class docstring."""
+        """Return how `exception` should be handled, by the rules in the class docstring."""
+        exception = unwrap_token_tracking(exception)
+        # The framework's own errors first: their messages quote item ids, which may
+        # contain anything (an item called "quota-7" must not make its timeout a rate limit).
+        if isinstance(exception, FrameworkTimeoutError):
+            return error_info("framework_timeout", retryable=True, timeout=True)
+        if isinstance(exception, CallInterruptedError):
+            return error_info("interrupted", retryable=exception.is_stray_cancellation)
         if is_quota_exhausted(exception):
             return error_info(QUOTA_EXHAUSTED_CATEGORY, retryable=False)
         msg = _message_of(exception).lower()
         if self._matches_rate_limit(msg):
             wait = DEFAULT_RATE_LIMIT_WAIT
             return error_info("rate_limit", retryable=True, rate_limit=True, suggested_wait=wait)
-        if isinstance(exception, FrameworkTimeoutError):
-            return error_info("framework_timeout", retryable=True, timeout=True)
         if isinstance(exception, TimeoutError) or "timeout" in msg:
             return error_info("api_timeout", retryable=True, timeout=True)
         if isinstance(exception, ConnectionError) or "connection" in msg:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Self
 
 import tenacity
+
+if TYPE_CHECKING:
+    from async_batch_llm.core.config import RateLimitConfig
 
 __all__ = ["RateLimitStrategy", "ExponentialBackoffStrategy", "FixedDelayStrategy"]
 
@@ -99,6 +103,21 @@ class ExponentialBackoffStrategy(RateLimitStrategy):
         self.slow_start_items = slow_start_items
         self.slow_start_initial_delay = slow_start_initial_delay
         self.slow_start_final_delay = slow_start_final_delay
+
+    @classmethod
+    def from_config(cls, config: RateLimitConfig, *, max_cooldown: float = 600.0) -> Self:
+        """The strategy a `RateLimitConfig` describes (the processor's 0.7.2 default).
+
+        The config validated its fields already; they are taken as they are.
+        """
+        strategy = cls.__new__(cls)
+        strategy.initial_cooldown = config.cooldown_seconds
+        strategy.max_cooldown = max_cooldown
+        strategy.backoff_multiplier = config.backoff_multiplier
+        strategy.slow_start_items = config.slow_start_items
+        strategy.slow_start_initial_delay = config.slow_start_initial_delay
+        strategy.slow_start_final_delay = config.slow_start_final_delay
+        return strategy
 
     async def on_rate_limit(self, worker_id: int, consecutive_limit_count: int) -> float:
         """Return the exponential cooldown for the ``consecutive_limit_count``-th rate limit."""

@@ -18,11 +18,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar, Token
 from typing import Any, Protocol, TypeVar
 
+from async_batch_llm._internal.outcome import Outcome
 from async_batch_llm._internal.rate_control.headers import (
     LimitObservation,
     parse_rate_limit_headers,
@@ -33,17 +33,22 @@ from async_batch_llm._internal.rate_control.scope import (
     RateSettings,
     ScopeController,
     ScopeSnapshot,
+    scope_payload,
 )
+from async_batch_llm._internal.retry_hints import response_headers, retry_after_seconds
+from async_batch_llm._internal.usage import failed_usage_of, total_tokens_of
 
 __all__ = [
     "EventHook",
     "RateController",
+    "OpenPermit",
     "Ticket",
     "active_ticket",
     "current_ticket",
     "httpx_event_hooks",
     "instrument",
     "rate_limit_response_hook",
+    "response_hook_installed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,19 +58,140 @@ Sleep = Callable[[float], Awaitable[object]]
 EventHook = Callable[..., Any]
 
 
-@dataclass(eq=False, slots=True)
-class Ticket:
-    """One admitted call. Hand it back to its controller with the call's outcome."""
+class Ticket(Admission):
+    """One admitted call, and the permit it is reported on.
 
-    controller: RateController
-    scope: RateScope
-    admission: Admission
-    settled: bool = False
+    Hand it back to its controller with the call's outcome (the controller's methods), or
+    settle it as a permit (`settle`, as the processor does). It is its own `Admission`:
+    one object per call, which matters on a path that runs for every attempt.
+    """
+
+    __slots__ = ("context", "controller", "settled", "state")
+
+    def __init__(
+        self,
+        controller: RateController,
+        state: ScopeController,
+        tokens: int,
+        now: float,
+    ) -> None:
+        # Admission's fields set here rather than through super().__init__: a call saved.
+        self.tokens = tokens
+        self.episode = state.episode
+        self.request_serial = state.requests.serial
+        self.token_serial = state.tokens.serial
+        self.admitted_at = now
+        self.controller = controller
+        self.state = state
+        self.settled = False
+        #: The token to reset ``current_ticket`` with, when it was set for this call.
+        self.context: Token[Ticket | None] | None = None
+
+    @classmethod
+    def from_admission(
+        cls, controller: RateController, state: ScopeController, admission: Admission
+    ) -> Ticket:
+        """A ticket for a call counted already (see `ScopeController.open_admission`)."""
+        ticket = cls(controller, state, admission.tokens, admission.admitted_at)
+        ticket.episode = admission.episode
+        return ticket
 
     @property
-    def estimated_tokens(self) -> int:
-        """The tokens booked for the call before it was made."""
-        return self.admission.tokens
+    def scope(self) -> RateScope:
+        """The scope the call was admitted in."""
+        return self.state.scope
+
+    @property
+    def admission(self) -> Admission:
+        """What the call booked and when (the ticket itself)."""
+        return self
+
+    def activate(self) -> None:
+        """Make this the current ticket of the task, for the HTTP response hook."""
+        self.context = current_ticket.set(self)
+
+    def settle(self, outcome: Outcome, detail: object = None) -> None:
+        """Report the call's outcome (`Outcome`) to the controller; once only."""
+        if self.settled:
+            return
+        context = self.context
+        if context is not None:
+            self.context = None
+            # A ValueError: settled from another context than it was admitted in.
+            with suppress(ValueError):
+                current_ticket.reset(context)
+        controller = self.controller
+        if outcome is Outcome.SUCCEEDED:
+            # What `RateController.complete` does, inline: this runs for every success.
+            self.settled = True
+            used = detail.get("total_tokens") if type(detail) is dict else None
+            if type(used) is not int or used <= 0:
+                used = total_tokens_of(detail)
+            self.state.succeeded_with(self, used, controller._clock())
+            return
+        if isinstance(detail, BaseException):
+            # The error response's headers say what the limits are, even without a hook on
+            # the SDK's HTTP client.
+            headers = response_headers(detail)
+            if headers is not None:
+                controller.observe_headers(self, headers)
+        if outcome is Outcome.RATE_LIMITED:
+            hint = retry_after_seconds(detail) if isinstance(detail, BaseException) else None
+            controller.rate_limited(self, hint)
+        elif outcome is Outcome.QUOTA_EXHAUSTED:
+            controller.quota_exhausted(self, str(detail)[:200])
+        elif outcome is Outcome.FAILED:
+            used = failed_usage_of(detail) if isinstance(detail, BaseException) else None
+            controller.failed(self, used)
+        else:
+            controller.release(self)
+
+    def describe(self) -> dict[str, object] | None:
+        """The scope's state, for events about this call."""
+        return scope_payload(self.controller.snapshot_of(self.scope))
+
+    def __repr__(self) -> str:
+        return f"Ticket({self.scope}, admitted_at={self.admitted_at}, settled={self.settled})"
+
+
+class OpenPermit:
+    """The permit of every call admitted while its scope is open (nothing to pace, no pause).
+
+    One object per scope, shared: such a call books nothing, so there is nothing to keep per
+    call, and this path runs for every attempt. A success only counts; any other outcome
+    (rare) is settled through a `Ticket` rebuilt from the scope's state.
+    """
+
+    __slots__ = ("controller", "state")
+
+    def __init__(self, controller: RateController, state: ScopeController) -> None:
+        self.controller = controller
+        self.state = state
+
+    def settle(self, outcome: Outcome, detail: object = None) -> None:
+        """Report the call's outcome to the controller."""
+        state = self.state
+        if outcome is Outcome.SUCCEEDED:
+            used = detail.get("total_tokens") if type(detail) is dict else None
+            if type(used) is not int or used <= 0:
+                used = total_tokens_of(detail)
+            if state.rejecting_since is not None:
+                state.succeeded_open(used, self.controller.clock)
+                return
+            # ScopeController.succeeded_open, inline: this runs for every success.
+            state.succeeded += 1
+            if state.pauses_since_success:
+                state.pauses_since_success = 0
+            if used:
+                state.tokens_used += used
+            return
+        now = self.controller.clock()
+        ticket = Ticket.from_admission(self.controller, state, state.open_admission(now))
+        ticket.settle(outcome, detail)
+
+    def describe(self) -> dict[str, object] | None:
+        """The scope's state, for events about this call."""
+        return scope_payload(self.controller.snapshot_of(self.state.scope))
 
 
 #: The ticket of the call running in the current task (read by the response hook).
@@ -103,6 +229,8 @@ class RateController:
         wall_clock: Clock = time.time,
     ) -> None:
         self.settings = settings if settings is not None else RateSettings()
+        #: The monotonic clock the controller reads.
+        self.clock = clock
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -129,7 +257,14 @@ class RateController:
                 already waiting when that is discovered).
         """
         tokens = max(0, int(estimated_tokens))
-        state = self.scope_state(scope)
+        state = self._scopes.get(scope)
+        if state is None:
+            state = self.scope_state(scope)
+        now = self._clock()
+        if state.open_at(now):
+            # Nothing to pace and no pause: no booking, no wait.
+            state.note_admitted(tokens, now)
+            return Ticket(self, state, tokens, now)
         while True:
             generation = state.generation
             booking = state.book(tokens, self._clock())
@@ -146,7 +281,22 @@ class RateController:
                 break
             # A pause or an exhausted quota voided the booking while it waited.
             state.cancel(booking)
-        return Ticket(self, scope, state.admit(booking, self._clock()))
+        state.cancel_waiting(booking)
+        now = self._clock()
+        state.note_admitted(booking.tokens, now)
+        return Ticket(self, state, booking.tokens, now)
+
+    def admit_if_open(self, state: ScopeController) -> Ticket | None:
+        """A ticket at once if the scope of `state` has nothing to pace and no pause.
+
+        The fast path of `admit` for callers that would otherwise estimate tokens first
+        (an open scope books none); ``None`` means: call `admit`.
+        """
+        now = self._clock()
+        if not state.open_at(now):
+            return None
+        state.note_admitted(0, now)
+        return Ticket(self, state, 0, now)
 
     def observe_headers(
         self, ticket: Ticket, headers: Mapping[str, str] | None
@@ -163,13 +313,15 @@ class RateController:
     def complete(self, ticket: Ticket, usage: Mapping[str, Any] | int | None = None) -> None:
         """The call succeeded; ``usage`` (a token-usage dict or a total) reconciles tokens."""
         if self._settle(ticket):
-            state = self.scope_state(ticket.scope)
-            state.succeeded_with(ticket.admission, _total_tokens(usage), self._clock())
+            used = usage.get("total_tokens") if type(usage) is dict else None
+            if type(used) is not int or used <= 0:
+                used = total_tokens_of(usage)
+            ticket.state.succeeded_with(ticket, used, self._clock())
 
     def failed(self, ticket: Ticket, usage: Mapping[str, Any] | int | None = None) -> None:
         """The call failed without a rate limit (e.g. a 5xx): release it, learn nothing."""
         if self._settle(ticket):
-            self.scope_state(ticket.scope).failed_with(ticket.admission, _total_tokens(usage))
+            ticket.state.failed_with(ticket.admission, total_tokens_of(usage))
 
     def rate_limited(self, ticket: Ticket, retry_after: float | None = None) -> float:
         """The call got a 429: pause its scope (``retry_after`` seconds if the server said).
@@ -206,7 +358,12 @@ class RateController:
     def release(self, ticket: Ticket) -> None:
         """The call ended without an outcome to learn from (for example it was cancelled)."""
         if self._settle(ticket):
-            self.scope_state(ticket.scope).release()
+            ticket.state.release()
+
+    def pauses_without_progress(self, scope: RateScope) -> int:
+        """Pauses `scope` began since its last successful call (0 for an unknown scope)."""
+        state = self._scopes.get(scope)
+        return 0 if state is None else state.pauses_since_success
 
     def pause_remaining(self, scope: RateScope) -> float:
         """Seconds until ``scope`` admits again (``0.0`` when it is not paused)."""
@@ -265,21 +422,6 @@ class RateController:
                 waker.set()
 
 
-def _total_tokens(usage: Mapping[str, Any] | int | None) -> int | None:
-    if isinstance(usage, bool):
-        return None
-    if isinstance(usage, int):
-        return max(0, usage)
-    if not isinstance(usage, Mapping):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool) and total > 0:
-        return total
-    parts = [usage.get("input_tokens"), usage.get("output_tokens")]
-    counts = [part for part in parts if isinstance(part, int) and not isinstance(part, bool)]
-    return sum(counts) if counts else None
-
-
 class _Response(Protocol):
     @property
     def headers(self) -> Mapping[str, str]: ...
@@ -301,6 +443,7 @@ async def rate_limit_response_hook(response: _Response) -> None:
 
 def httpx_event_hooks() -> dict[str, list[EventHook]]:
     """``event_hooks`` for an ``httpx2.AsyncClient``: feeds response headers to the controller."""
+    HOOK_USE.installed = True
     return {"response": [rate_limit_response_hook]}
 
 
@@ -318,4 +461,21 @@ def instrument(client: ClientT) -> ClientT:
     if rate_limit_response_hook not in responses:
         responses.append(rate_limit_response_hook)
     client.event_hooks = hooks
+    HOOK_USE.installed = True
     return client
+
+
+class _HookUse:
+    """Whether any HTTP client has the response hook: until one does, calls need not make
+    their ticket current (a context variable write and reset per call)."""
+
+    installed = False
+
+
+#: Read directly on the hot path (an attribute read costs less than a call).
+HOOK_USE = _HookUse()
+
+
+def response_hook_installed() -> bool:
+    """Whether `httpx_event_hooks` or `instrument` was ever used in this process."""
+    return HOOK_USE.installed

@@ -38,19 +38,16 @@ class Pacer:
         ValueError: If ``rate`` or ``burst`` is not a positive finite number.
     """
 
-    __slots__ = ("_burst", "_credit", "_rate", "_tat")
+    __slots__ = ("_burst", "_credit", "_tat", "rate")
 
     def __init__(self, rate: float | None, *, burst: float | None = None, now: float) -> None:
-        self._rate: float | None = None
+        #: Units per second, or ``None`` when unlimited (change it with `set_rate`). A plain
+        #: attribute, not a property: it is read for every call admitted.
+        self.rate: float | None = None
         self._burst = 1.0
         self._tat = now
         self._credit = 0.0
         self.set_rate(rate, now, burst=burst)
-
-    @property
-    def rate(self) -> float | None:
-        """Units per second, or ``None`` when unlimited."""
-        return self._rate
 
     @property
     def burst(self) -> float:
@@ -64,9 +61,9 @@ class Pacer:
 
     def available(self, now: float) -> float:
         """Units that could be booked at ``now`` without waiting (negative: in debt)."""
-        if self._rate is None:
+        if self.rate is None:
             return math.inf
-        return self._credit + self._burst - max(0.0, self._tat - now) * self._rate
+        return self._credit + self._burst - max(0.0, self._tat - now) * self.rate
 
     def reserve(self, cost: float, now: float) -> float:
         """Book ``cost`` units; return the seconds until they may be used (``0.0``: at once).
@@ -75,7 +72,7 @@ class Pacer:
         the bookings after it wait for it. Credit pays for the booking only when that lets it
         go at once.
         """
-        rate = self._rate
+        rate = self.rate
         if rate is None or cost <= 0:
             return 0.0
         spent = min(self._credit, cost)
@@ -92,7 +89,7 @@ class Pacer:
 
     def _delay(self, cost: float, now: float) -> float:
         """The wait :meth:`reserve` would answer for ``cost`` (limited pacer), booking nothing."""
-        rate = self._rate
+        rate = self.rate
         if rate is None:
             return 0.0
         tolerance = max(0.0, self._burst - cost) / rate
@@ -100,10 +97,10 @@ class Pacer:
 
     def refund(self, cost: float) -> None:
         """Give back ``cost`` booked units that were not used (the next bookings move up)."""
-        if self._rate is not None and cost > 0:
+        if self.rate is not None and cost > 0:
             # Below ``now`` the TAT means "idle": ``reserve`` clamps it, so a refund never
             # builds up more than the burst.
-            self._tat -= cost / self._rate
+            self._tat -= cost / self.rate
 
     def set_rate(self, rate: float | None, now: float, *, burst: float | None = None) -> None:
         """Change the pace; what may go at once is kept (up to the new burst).
@@ -116,7 +113,7 @@ class Pacer:
             _check_positive("rate", rate, "units per second; use None for unlimited")
         new_burst = default_burst(rate) if burst is None else burst
         _check_positive("burst", new_burst, "units that may go at once, e.g. 1.0")
-        old = self._rate
+        old = self.rate
         if rate is None:
             self._tat = now
         elif old is None:
@@ -127,18 +124,20 @@ class Pacer:
             # would make the last second at a higher rate cost seconds at a lower one.
             available = min(self._burst - max(0.0, self._tat - now) * old, new_burst)
             self._tat = now + (new_burst - available) / rate
-        self._rate = rate
+        self.rate = rate
         self._burst = new_burst
 
     def restart(self, at: float, *, available: float = 1.0) -> None:
-        """Drop every booking and the credit; from ``at`` on, ``available`` units go at once.
+        """Drop the credit; from ``at`` on, at most ``available`` units go at once.
 
-        Used after a rate limit: what was booked before it no longer holds, and the work
-        after the pause restarts gently instead of with a full burst.
+        Used after a rate limit: the work after the pause restarts gently instead of with a
+        full burst. Units already booked stay booked (refund the bookings that will not be
+        used first): forgetting them would let every pause grant extra units, and frequent
+        short pauses would then send faster than the pace.
         """
         self._credit = 0.0
-        if self._rate is not None:
-            self._tat = at + max(0.0, self._burst - available) / self._rate
+        if self.rate is not None:
+            self._tat = max(self._tat, at + max(0.0, self._burst - available) / self.rate)
 
     def clear_credit(self) -> None:
         """Forget the credit from :meth:`sync` (the provider's word no longer holds)."""
@@ -151,7 +150,7 @@ class Pacer:
         next unit waits for the provider to refill it. ``refill_within`` bounds that wait:
         the provider reported being full again by then.
         """
-        rate = self._rate
+        rate = self.rate
         if rate is None:
             return
         own = self._burst - max(0.0, self._tat - now) * rate
@@ -169,7 +168,7 @@ class Pacer:
 
     def __repr__(self) -> str:
         return (
-            f"Pacer(rate={self._rate!r}, burst={self._burst!r}, tat={self._tat!r}, "
+            f"Pacer(rate={self.rate!r}, burst={self._burst!r}, tat={self._tat!r}, "
             f"credit={self._credit!r})"
         )
 

@@ -7,11 +7,17 @@ Where a request limit comes from decides what a 429 does to it:
   waits for the refill). A 429 only pauses: the headers stay the authority.
 * ``"configured"``: a known limit given by the user, less the safety margin; also the ceiling
   for learning if the provider proves it wrong with a 429.
-* ``"learned"``: no headers and no configuration. The first 429 of an unpaced scope sets the
-  pace from what the provider let through; later 429s cut it by ``decrease_factor`` (once per
-  *episode*: 429s of requests admitted before the cut do not cut again), and every
-  ``window_seconds / 10`` in which our own pacing delayed work without a 429 raises it by
-  ``increase_fraction``.
+* ``"learned"``: no headers and no configuration. The pace is learned from outcomes, like
+  TCP's congestion window: see `ScopeController` for the rules. Two measurements keep it
+  from collapsing: the *demonstrated* rate (successes per second since the provider started
+  rejecting calls) and the *floor* (successes in the last window, per second, counted from
+  that moment on): a decrease never goes below either, because the provider has shown it
+  lets that much through.
+
+A header limit is per ``window_seconds`` unless the headers say otherwise: a response with
+``limit``, ``remaining`` and ``reset`` (the time until the budget is full again) shows the
+refill rate directly, ``(limit - remaining) / reset``, so a provider whose window is not a
+minute is paced right too.
 
 Everything here is synchronous and takes ``now`` from the caller: no clock, no sleeping.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -43,13 +50,28 @@ LimitSource = Literal["header", "configured", "learned"]
 #: A pause without a retry hint lasts this many request intervals at the current pace.
 PAUSE_INTERVALS: Final = 2.0
 #: Pause after a rate limit when neither a hint nor a pace says how long (seconds).
-FALLBACK_PAUSE: Final = 1.0
+FALLBACK_PAUSE: Final = 0.25
+#: Longest pause without a hint, however many pauses in a row let nothing through.
+MAX_FALLBACK_PAUSE: Final = 60.0
 #: Learning never paces slower than one request per minute.
 MIN_LEARNED_RATE: Final = 1.0 / 60.0
 #: Learning raises the pace by at least one request per minute per step.
 MIN_INCREASE: Final = 1.0 / 60.0
-#: Increases are considered once per this fraction of the window.
+#: Steady increases are considered once per this fraction of the window.
 INCREASE_INTERVAL_FRACTION: Final = 0.1
+#: Successes before the first 429 needed to take that 429 as the end of a full bucket.
+MIN_PRIOR_SUCCESSES: Final = 20
+#: Factor of one probing increase.
+PROBE_FACTOR: Final = 2.0
+#: Steady increases in a row without a 429 after which probing starts again.
+STEADY_STEPS_BEFORE_PROBING: Final = 5
+#: Weight of the newest call duration in the running average.
+LATENCY_WEIGHT: Final = 0.2
+#: Header observations whose refill rates are combined (median) into the window estimate.
+WINDOW_SAMPLES: Final = 7
+#: Observations needed, and the most their windows may differ (ratio), to trust the estimate.
+WINDOW_MIN_SAMPLES: Final = 3
+WINDOW_SPREAD: Final = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,21 +232,44 @@ class Booking:
     ready_at: float
 
 
-@dataclass(frozen=True, slots=True)
 class Admission:
-    """A call let through: what it booked and when, for reconciling its outcome later."""
+    """A call let through: what it booked and when, for reconciling its outcome later.
 
-    tokens: int
-    episode: int
-    request_serial: int
-    token_serial: int
-    admitted_at: float
+    A plain class rather than a dataclass: one is made per call, and a frozen dataclass's
+    ``__init__`` costs several times as much.
+    """
+
+    __slots__ = ("admitted_at", "episode", "request_serial", "token_serial", "tokens")
+
+    def __init__(
+        self, tokens: int, episode: int, request_serial: int, token_serial: int, admitted_at: float
+    ) -> None:
+        self.tokens = tokens
+        self.episode = episode
+        self.request_serial = request_serial
+        self.token_serial = token_serial
+        self.admitted_at = admitted_at
+
+    def __repr__(self) -> str:
+        return (
+            f"Admission(tokens={self.tokens}, episode={self.episode}, "
+            f"request_serial={self.request_serial}, token_serial={self.token_serial}, "
+            f"admitted_at={self.admitted_at})"
+        )
 
 
 class _Budget:
     """One dimension (requests or tokens) of a scope: its limit, pacer and header state."""
 
-    __slots__ = ("limit", "observed_serial", "pacer", "remaining", "serial", "source")
+    __slots__ = (
+        "limit",
+        "observed_serial",
+        "pacer",
+        "remaining",
+        "serial",
+        "source",
+        "window_samples",
+    )
 
     def __init__(self, now: float) -> None:
         self.pacer = Pacer(None, now=now)
@@ -236,6 +281,24 @@ class _Budget:
         #: Units admitted so far (a running count that orders admissions and observations).
         self.serial = 0
         self.observed_serial = -1
+        #: Windows (seconds) implied by recent header observations.
+        self.window_samples: deque[float] = deque(maxlen=WINDOW_SAMPLES)
+
+    def window(self, settings: RateSettings) -> float:
+        """The length of the provider's window, as its headers imply, else the setting.
+
+        A token bucket (OpenAI, Anthropic) implies the same window in every response; a
+        provider with fixed windows, whose reset is the end of the current window, implies
+        a different one each time, and then the setting is used.
+        """
+        samples = sorted(self.window_samples)
+        configured = settings.window_seconds
+        if len(samples) < WINDOW_MIN_SAMPLES or samples[-1] > WINDOW_SPREAD * samples[0]:
+            return configured
+        implied = samples[len(samples) // 2]
+        # Whole-unit ``remaining`` values make the implied window a little short; a window
+        # close to the configured one is the configured one.
+        return configured if abs(implied - configured) <= 0.15 * configured else implied
 
     def set_limit(
         self, limit: float, source: LimitSource, now: float, settings: RateSettings
@@ -262,8 +325,15 @@ class _Budget:
         """Apply one response's limit, remaining and reset; return whether the pace changed."""
         changed = False
         if limit is not None and limit > 0:
-            per_second = limit / settings.window_seconds
-            if self.source != "header" or not math.isclose(per_second, self.limit or 0.0):
+            if remaining is not None and reset is not None and reset > 0:
+                used = limit - remaining
+                # Too little used says little about the refill rate (rounding, one call).
+                if used >= max(2.0, 0.05 * limit):
+                    self.window_samples.append(limit * reset / used)
+            per_second = limit / self.window(settings)
+            if self.source != "header" or not math.isclose(
+                per_second, self.limit or 0.0, rel_tol=0.02
+            ):
                 changed = self.set_limit(per_second, "header", now, settings)
         if remaining is None or serial < self.observed_serial:
             # An older response than one already applied says less about now.
@@ -274,26 +344,79 @@ class _Budget:
             return changed
         # Calls admitted after the observed one may not be counted by the provider yet. Calls
         # still waiting for their turn are not: they go at the pace, which the refill covers.
-        reserve = max(1.0, settings.safety_margin * self.limit * settings.window_seconds)
+        reserve = max(1.0, settings.safety_margin * self.limit * self.window(settings))
         available = remaining - (self.serial - serial) - reserve
         self.pacer.sync(available, now, refill_within=reset)
         return changed
 
 
 class ScopeController:
-    """Limits, pacing, pauses, learning and counters of one :class:`RateScope`.
+    """Limits, pacing, pauses, learning and counters of one `RateScope`.
 
-    Per call the controller runs :meth:`book` (cancelled with :meth:`cancel` and booked again
-    if it goes stale while the call waits), then :meth:`admit`, then exactly one of
-    :meth:`succeeded_with`, :meth:`rate_limited`, :meth:`failed_with`, :meth:`quota_exhausted`
-    or :meth:`release`, with :meth:`observe` for every response seen.
+    Per call the controller runs `book` (cancelled with `cancel` and booked again if it goes
+    stale while the call waits), then `admit`, then exactly one of `succeeded_with`,
+    `rate_limited`, `failed_with`, `quota_exhausted` or `release`, with `observe` for every
+    response seen.
+
+    Learning (a limit that is neither configured nor reported in headers):
+
+    * The scope starts unpaced. Its first 429 sets a pace from the *demonstrated* rate
+      when there is one, else, after at least `MIN_PRIOR_SUCCESSES` successes, from the
+      assumption that a full per-window bucket just ran out (``successes / (window +
+      elapsed)``); with neither, the scope stays unpaced and only pauses.
+    * A pace set from that assumption *probes*: it doubles after every interval of
+      ``max(mean call duration, 3 calls at the pace)`` in which calls waited for it and no
+      429 came. So a provider whose window is not a minute is found within a few calls.
+    * A 429 (once per *episode*: 429s of calls admitted before the last decrease do not
+      count again) lowers the pace by ``decrease_factor``, never below the demonstrated rate
+      nor the floor, and switches to *steady* increases of ``increase_fraction`` per tenth of
+      the window; five clean steady steps in a row start probing again.
 
     Attributes:
         generation: Bumped whenever bookings made earlier stop holding (a pause began, the
             pace changed, the quota ran out); waiting calls book again.
-        episode: Bumped on every learned decrease; 429s of calls admitted in an earlier
-            episode do not decrease again.
+        episode: Bumped on every learned decrease.
+        pauses_since_success: Pauses begun since the last successful call of the scope.
     """
+
+    # Slots: the counters are read and written for every call.
+    __slots__ = (
+        "_clean_since",
+        "_interval_limited",
+        "_interval_paced",
+        "_interval_start",
+        "_last_rejected_at",
+        "_latency",
+        "_pause_began",
+        "_prior",
+        "_probing",
+        "_recent",
+        "_steady_steps",
+        "_succeeded_at_rejection",
+        "_successes",
+        "_waiting_requests",
+        "_waiting_tokens",
+        "admitted",
+        "ceiling",
+        "episode",
+        "exhausted",
+        "exhausted_reason",
+        "failed",
+        "generation",
+        "open",
+        "open_permit",
+        "paused_until",
+        "pauses_since_success",
+        "rate_limited_count",
+        "rejecting_since",
+        "released",
+        "requests",
+        "scope",
+        "settings",
+        "succeeded",
+        "tokens",
+        "tokens_used",
+    )
 
     def __init__(self, scope: RateScope, settings: RateSettings, now: float) -> None:
         self.scope = scope
@@ -302,6 +425,7 @@ class ScopeController:
         self.tokens = _Budget(now)
         #: The pace that learning never exceeds (a configured limit less its margin).
         self.ceiling: float | None = None
+        self._probing = False
         if settings.rpm is not None:
             self.requests.set_limit(settings.rpm / 60.0, "configured", now, settings)
             self.ceiling = self.requests.pacer.rate
@@ -318,29 +442,71 @@ class ScopeController:
         self._waiting_tokens = 0
         self.episode = 0
         self.paused_until = -math.inf
+        self._pause_began = -math.inf
+        self.pauses_since_success = 0
         self.exhausted_reason: str | None = None
         self.exhausted = False
-        self.in_flight = 0
+        self.released = 0
         self.admitted = 0
         self.succeeded = 0
         self.rate_limited_count = 0
         self.failed = 0
         self.tokens_used = 0
-        self._first_admitted_at: float | None = None
         self._recent: deque[float] = deque()
+        # When successes completed over the last window.
+        self._successes: deque[tuple[float, float]] = deque()
+        #: Since when the provider has been rejecting calls (``None``: it has not yet).
+        self.rejecting_since: float | None = None
+        self._last_rejected_at = -math.inf
+        # ``succeeded`` at the last 429 (see `clean_successes`).
+        self._succeeded_at_rejection = 0
+        self._clean_since = now
+        # The rate a full budget that ran out implies (see ``rate_limited``).
+        self._prior: float | None = None
+        self._latency: float | None = None
+        self._steady_steps = 0
         self._interval_start = now
         self._interval_paced = False
         self._interval_limited = False
+        #: No limit and no exhausted quota (see `open_at`).
+        self.open = True
+        #: The permit shared by the calls admitted while open (set by the admission).
+        self.open_permit: object = None
+        self._refresh_open()
 
     # -- admission -------------------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Calls admitted and not finished (derived: one counter less to keep per call)."""
+        return (
+            self.admitted - self.succeeded - self.failed - self.rate_limited_count - self.released
+        )
+
+    @property
+    def clean_successes(self) -> int:
+        """Calls that succeeded since the last 429."""
+        return self.succeeded - self._succeeded_at_rejection
+
+    def open_at(self, now: float) -> bool:
+        """No limit, no pause, no exhaustion: a call may go at once and books nothing."""
+        return self.open and self.paused_until <= now
+
+    def _refresh_open(self) -> None:
+        # Kept as a flag because it is read for every call admitted.
+        self.open = (
+            self.requests.pacer.rate is None
+            and self.tokens.pacer.rate is None
+            and not self.exhausted
+        )
+
     def check_open(self) -> None:
-        """Raise :class:`QuotaExhaustedError` if the scope's quota has run out."""
+        """Raise `QuotaExhaustedError` if the scope's quota has run out."""
         if self.exhausted:
             raise QuotaExhaustedError(self.scope, self.exhausted_reason)
 
     def book(self, tokens: int, now: float) -> Booking:
-        """Book one request and ``tokens`` tokens; the booking says when the call may go."""
+        """Book one request and `tokens` tokens; the booking says when the call may go."""
         self.check_open()
         self._consider_increase(now)
         request_delay = self.requests.pacer.reserve(1, now)
@@ -356,7 +522,7 @@ class ScopeController:
         )
 
     def is_current(self, booking: Booking) -> bool:
-        """Whether ``booking`` still holds (no pause, pace change or exhaustion since)."""
+        """Whether `booking` still holds (no pause, pace change or exhaustion since)."""
         return booking.generation == self.generation
 
     def cancel(self, booking: Booking) -> None:
@@ -368,28 +534,62 @@ class ScopeController:
         # A booking that stopped holding was released with all the others at that moment.
 
     def admit(self, booking: Booking, now: float) -> Admission:
-        """Let the call of ``booking`` (a current one) go now."""
+        """Let the call of `booking` (a current one) go now."""
+        self.cancel_waiting(booking)
+        return self.admit_unbooked(booking.tokens, now)
+
+    def cancel_waiting(self, booking: Booking) -> None:
+        """The call of `booking` stops waiting: it goes now (its booking stays used)."""
         self._release_booking(booking)
-        self.in_flight += 1
+
+    def admit_unbooked(self, tokens: int, now: float) -> Admission:
+        """Let a call go now without a booking (the scope is `open_at` now)."""
+        self.note_admitted(tokens, now)
+        return Admission(tokens, self.episode, self.requests.serial, self.tokens.serial, now)
+
+    def admit_open(self) -> None:
+        """Count a call let go while the scope is `open_at` now, without an `Admission`.
+
+        The cheapest admission, for the common case of a scope with nothing to pace: the
+        call settles with `succeeded_open`, or (rarely) through `open_admission`.
+        """
+        self.admitted += 1
+
+    def succeeded_open(self, used_tokens: int | None, clock: Callable[[], float]) -> None:
+        """A call admitted with `admit_open` completed (`clock` is read only if needed)."""
+        self.succeeded += 1
+        self.pauses_since_success = 0
+        if self.rejecting_since is not None:
+            now = clock()
+            self._record_success(now - (self._latency or 0.0), now)
+        if used_tokens:
+            self.tokens_used += used_tokens
+
+    def open_admission(self, now: float) -> Admission:
+        """What a call admitted with `admit_open` must have booked, for its (rare) outcome
+        other than success: admitted now, unless the scope is paused, in which case it was
+        in flight when the pause began and belongs to the episode before it."""
+        if self.paused_until > now:
+            return Admission(
+                0, self.episode - 1, self.requests.serial, self.tokens.serial, self._pause_began
+            )
+        return Admission(0, self.episode, self.requests.serial, self.tokens.serial, now)
+
+    def note_admitted(self, tokens: int, now: float) -> None:
+        """Count a call let go now (the caller builds its `Admission` from the counters)."""
         self.admitted += 1
         self.requests.serial += 1
-        self.tokens.serial += booking.tokens
-        if self._first_admitted_at is None:
-            self._first_admitted_at = now
-        self._recent.append(now)
-        self._forget_before(now - self.settings.window_seconds)
-        return Admission(
-            tokens=booking.tokens,
-            episode=self.episode,
-            request_serial=self.requests.serial,
-            token_serial=self.tokens.serial,
-            admitted_at=now,
-        )
+        self.tokens.serial += tokens
+        # For the utilisation in snapshots (calls admitted while open are not counted).
+        recent = self._recent
+        recent.append(now)
+        if recent[0] <= now - self.settings.window_seconds:
+            self._forget_before(now - self.settings.window_seconds)
 
     # -- outcomes --------------------------------------------------------------------------
 
     def observe(self, observation: LimitObservation, admission: Admission, now: float) -> None:
-        """Apply what the response to ``admission``'s call said about the limits."""
+        """Apply what the response to `admission`'s call said about the limits."""
         settings = self.settings
         requests_changed = self.requests.observe(
             observation.limit_requests,
@@ -408,20 +608,31 @@ class ScopeController:
             settings,
         )
         if requests_changed or tokens_changed:
+            self._probing = False
             self._repace()
+            self._refresh_open()
 
     def succeeded_with(self, admission: Admission, used_tokens: int | None, now: float) -> None:
-        """The call completed; ``used_tokens`` (when known) replaces its estimate.
+        """The call completed; `used_tokens` (when known) replaces its estimate.
 
         With a token limit from headers the unused part of the estimate is not given back:
         providers such as OpenAI keep what they reserved for ``max_tokens``, and one that
         does give it back reports it as ``remaining``, which the pacer then spends.
         """
-        self.in_flight -= 1
         self.succeeded += 1
+        self.pauses_since_success = 0
+        duration = now - admission.admitted_at
+        latency = self._latency
+        self._latency = (
+            duration if latency is None else latency + LATENCY_WEIGHT * (duration - latency)
+        )
+        if self.rejecting_since is not None:
+            self._record_success(admission.admitted_at, now)
         if used_tokens is None:
             return
         self.tokens_used += used_tokens
+        if self.tokens.pacer.rate is None:
+            return  # no token pacing to reconcile
         extra = used_tokens - admission.tokens
         if extra > 0:
             # Charged like a booking that does not wait: later calls wait for it instead.
@@ -432,7 +643,6 @@ class ScopeController:
 
     def failed_with(self, admission: Admission, used_tokens: int | None) -> None:
         """The call failed without a rate limit: release its unused tokens, learn nothing."""
-        self.in_flight -= 1
         self.failed += 1
         used = used_tokens or 0
         self.tokens_used += used
@@ -440,18 +650,41 @@ class ScopeController:
 
     def rate_limited(self, admission: Admission, retry_after: float | None, now: float) -> float:
         """The call got a 429: count it, learn (once per episode), pause; return the pause."""
-        self.in_flight -= 1
         self.rate_limited_count += 1
         self._interval_limited = True
+        self._steady_steps = 0
+        clean = self.clean_successes
+        if self.requests.pacer.rate is None and clean >= MIN_PRIOR_SUCCESSES:
+            # Unpaced calls went through for a while, then this one was rejected: a full
+            # budget ran out. Per-window budgets start full, so a bucket of
+            # ``limit * window`` that ran out after ``elapsed`` seconds let
+            # ``limit * (window + elapsed)`` through.
+            elapsed = max(0.0, now - self._clean_since)
+            self._prior = clean / (self.settings.window_seconds + elapsed)
+            # Those successes came while the provider had budget to spare: they do not
+            # measure its sustained rate.
+            self.rejecting_since = now
+        elif now - self._last_rejected_at > self.settings.window_seconds:
+            self.rejecting_since = now
+        self._last_rejected_at = now
+        self._succeeded_at_rejection = self.succeeded
+        self._clean_since = now
         # A rejected call used no tokens.
         self.tokens.pacer.refund(admission.tokens)
         if self.requests.source != "header" and admission.episode == self.episode:
             self._decrease(now)
+        if admission.admitted_at > self._pause_began:
+            # Admitted after the last pause began: this 429 starts a pause of its own.
+            self.pauses_since_success += 1
+            self._pause_began = now
         if retry_after is not None and retry_after >= 0 and math.isfinite(retry_after):
             pause = retry_after
         else:
             pace = self.requests.pacer.rate
             pause = FALLBACK_PAUSE if pace is None else PAUSE_INTERVALS / pace
+            # Without a hint, pauses in a row with nothing let through grow exponentially.
+            doublings = min(self.pauses_since_success - 1, 16)
+            pause = min(max(pause, pause * 2.0**doublings), MAX_FALLBACK_PAUSE)
         self.pause_until(now + pause)
         return pause
 
@@ -459,19 +692,21 @@ class ScopeController:
         """A hard quota ran out: every later (and every waiting) admission fails."""
         self.exhausted = True
         self.exhausted_reason = reason
-        self._void_bookings(requests_dropped=False)
+        self._void_bookings()
+        self._refresh_open()
 
     def release(self) -> None:
         """A call admitted earlier ends without an outcome to learn from (e.g. cancelled)."""
-        self.in_flight -= 1
+        self.released += 1
 
     def pause_until(self, until: float) -> None:
-        """Admit nothing before ``until``; then restart gently (one request at once)."""
+        """Admit nothing before `until`; then restart gently (one request at once)."""
         if until <= self.paused_until:
             return
         self.paused_until = until
+        # The waiting calls book again after the pause; what they booked is given back first.
+        self._void_bookings()
         self.requests.pacer.restart(until)
-        self._void_bookings(requests_dropped=True)
         # What the headers promised is void after a 429.
         self.tokens.pacer.clear_credit()
 
@@ -481,30 +716,94 @@ class ScopeController:
 
     # -- learning --------------------------------------------------------------------------
 
+    def _record_success(self, admitted_at: float, now: float) -> None:
+        successes = self._successes
+        successes.append((admitted_at, now))
+        cutoff = now - self.settings.window_seconds
+        while successes and successes[0][1] <= cutoff:
+            successes.popleft()
+
+    def _successes_admitted(self, start: float, end: float) -> int:
+        return sum(1 for admitted_at, _ in self._successes if start <= admitted_at <= end)
+
+    def demonstrated_rate(self, now: float) -> float | None:
+        """Successful calls per second admitted since the provider started rejecting.
+
+        While calls are rejected the provider's budget is empty, so every success is one it
+        refilled: their rate is the provider's sustained rate. Counted by admission time,
+        up to one mean call duration ago (later calls may not have answered yet), over the
+        last window at most. ``None`` until at least three such successes are known.
+        """
+        since = self.rejecting_since
+        if since is None:
+            return None
+        latency = self._latency or 0.0
+        start = max(since, now - self.settings.window_seconds)
+        end = now - latency
+        span = end - start
+        if span <= max(latency, 0.05):
+            return None
+        count = self._successes_admitted(start, end)
+        return count / span if count >= 3 else None
+
+    def floor_rate(self, now: float) -> float:
+        """Successes per second over the last window, counted since the provider started
+        rejecting: what it demonstrably let through, which no decrease goes below."""
+        since = self.rejecting_since
+        if since is None:
+            return 0.0
+        window = self.settings.window_seconds
+        return self._successes_admitted(max(since, now - window), now) / window
+
     def _decrease(self, now: float) -> None:
         self.episode += 1
+        settings = self.settings
         pace = self.requests.pacer.rate
+        demonstrated = self.demonstrated_rate(now)
         if pace is None:
-            # Nothing paced yet: assume a per-window bucket that started full, as providers'
-            # per-minute limits are. It let ``limit * (1 + elapsed / window)`` through, so the
-            # limit per second is the successes over (window + elapsed).
-            start = self._first_admitted_at if self._first_admitted_at is not None else now
-            elapsed = max(0.0, now - start)
-            target = max(self.succeeded, 1) / (self.settings.window_seconds + elapsed)
+            known = [rate for rate in (demonstrated, self._prior) if rate is not None]
+            if not known:
+                # A 429 with nothing to compare it with: pause, keep sending unpaced.
+                self._start_interval(now)
+                return
+            target = max(known)
+            # Both estimates can be low (a window shorter than assumed, pauses in the
+            # measurement): probe upwards until the provider objects.
+            self._probing = True
         else:
-            target = pace * self.settings.decrease_factor
-        if self.requests.set_limit(max(target, MIN_LEARNED_RATE), "learned", now, self.settings):
+            target = pace * settings.decrease_factor
+            if demonstrated is not None:
+                target = min(pace, max(target, demonstrated))
+            self._probing = False
+        target = max(target, self.floor_rate(now), MIN_LEARNED_RATE)
+        if self.ceiling is not None:
+            target = min(target, self.ceiling)
+        if self.requests.set_limit(target, "learned", now, settings):
             self._repace()
+        self._refresh_open()
         self._start_interval(now)
 
+    def _increase_interval(self, pace: float) -> float:
+        # Long enough for a few calls at the pace, or for one answer at a low pace.
+        probing = max(self._latency or 0.0, min(2.0 / pace, 0.5))
+        if self._probing:
+            return probing
+        return max(self.settings.window_seconds * INCREASE_INTERVAL_FRACTION, probing)
+
     def _consider_increase(self, now: float) -> None:
-        interval = self.settings.window_seconds * INCREASE_INTERVAL_FRACTION
-        if now - self._interval_start < interval:
-            return
         pace = self.requests.pacer.rate
-        learning = self.requests.source == "learned"
-        if learning and pace is not None and self._interval_paced and not self._interval_limited:
-            raised = pace + max(pace * self.settings.increase_fraction, MIN_INCREASE)
+        if self.requests.source != "learned" or pace is None:
+            return
+        if now - self._interval_start < self._increase_interval(pace):
+            return
+        if self._interval_paced and not self._interval_limited:
+            if self._probing:
+                raised = pace * PROBE_FACTOR
+            else:
+                raised = pace + max(pace * self.settings.increase_fraction, MIN_INCREASE)
+                self._steady_steps += 1
+                if self._steady_steps >= STEADY_STEPS_BEFORE_PROBING:
+                    self._probing = True
             if self.ceiling is not None:
                 raised = min(raised, self.ceiling)
             if raised > pace and self.requests.set_limit(raised, "learned", now, self.settings):
@@ -514,17 +813,16 @@ class ScopeController:
     def _repace(self) -> None:
         # Calls waiting for their turn were scheduled at the old pace: too fast after a
         # decrease, and after an increase they would overlap the calls booked at the new one.
-        self._void_bookings(requests_dropped=False)
+        self._void_bookings()
 
-    def _void_bookings(self, *, requests_dropped: bool) -> None:
+    def _void_bookings(self) -> None:
         """Make every waiting call book again; give back what they booked, all at once.
 
         Released one by one instead, each call would book again into the slot it had just
         given back, and all of them would get the last slot.
         """
         self.generation += 1
-        if not requests_dropped:
-            self.requests.pacer.refund(self._waiting_requests)
+        self.requests.pacer.refund(self._waiting_requests)
         self.tokens.pacer.refund(self._waiting_tokens)
         self._waiting_requests = 0
         self._waiting_tokens = 0
@@ -546,7 +844,7 @@ class ScopeController:
             recent.popleft()
 
     def snapshot(self, now: float) -> ScopeSnapshot:
-        """The scope's state at ``now``."""
+        """The scope's state at `now`."""
         window = self.settings.window_seconds
         self._forget_before(now - window)
         request_limit = self.requests.limit

@@ -1,0 +1,33 @@
+"""How an admitted call ended, and the permit it is reported on (see `admission`)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+__all__ = ["Outcome", "Permit"]
+
+
+class Outcome(enum.Enum):
+    """How an admitted call ended."""
+
+    SUCCEEDED = "succeeded"
+    """It returned; the detail is its token usage."""
+    FAILED = "failed"
+    """It raised an error that is not a rate limit; the detail is the exception."""
+    RATE_LIMITED = "rate_limited"
+    """The provider rejected it with a rate limit; the detail is the exception."""
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    """The provider's hard quota is used up; the detail is the exception."""
+    RELEASED = "released"
+    """It was not made, or ended without an outcome to learn from (cancelled, skipped)."""
+
+
+class Permit(Protocol):
+    """Leave to make one call; hand it back with the outcome."""
+
+    def settle(self, outcome: Outcome, detail: object = None) -> None:
+        """Report how the call ended; later calls are ignored."""
+
+    def describe(self) -> dict[str, object] | None:
+        """What events about this call should say about the limit it went through."""
