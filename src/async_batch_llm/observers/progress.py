@@ -1,21 +1,25 @@
-"""A live progress bar for any batch, drawn with `rich <https://rich.readthedocs.io>`_.
+"""A live progress bar for any batch, drawn with [rich](https://rich.readthedocs.io).
 
-Needs the ``progress`` extra (``pip install 'async-batch-llm[progress]'``); importing this
-module without rich raises ``ImportError``. Attach the observer to a processor::
+Needs the `progress` extra (`pip install 'async-batch-llm[progress]'`); importing this
+module without rich raises `ImportError`. Attach the observer to a processor:
 
-    from async_batch_llm.observers.progress import RichProgressObserver
+```python
+from async_batch_llm.observers.progress import RichProgressObserver
 
-    async with ParallelBatchProcessor(config=config, observers=[RichProgressObserver()]) as p:
-        ...
-        result = await p.process_all()
+async with ParallelBatchProcessor(config=config, observers=[RichProgressObserver()]) as p:
+    ...
+    result = await p.process_all()
+```
 
-The display starts at ``BATCH_STARTED`` and stops at ``BATCH_COMPLETED``. It has two lines:
+The display starts at `BATCH_STARTED` and stops at `BATCH_COMPLETED`. It has two lines:
 the bar with items done out of the total, the throughput and the elapsed time; and the
 succeeded and failed counts, the rate-limit hits and the cooldowns, with a countdown while
-the workers are paused::
+the workers are paused:
 
-    Processing ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 1000/1000 83.9 items/s 0:00:11
-      998 ok, 2 failed, 3 rate limits, 1 cooldown
+```text
+Processing ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 1000/1000 83.9 items/s 0:00:11
+  998 ok, 2 failed, 3 rate limits, 1 cooldown
+```
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class _ThroughputColumn(ProgressColumn):
 
 
 class _Display(Progress):
-    """A rich ``Progress`` with the observer's status line under the bar."""
+    """A rich `Progress` with the observer's status line under the bar."""
 
     def __init__(self, observer: RichProgressObserver, **options: Any) -> None:
         # Set first: the base constructor already renders the display once.
@@ -81,7 +85,7 @@ class _Display(Progress):
 
 
 def _seconds(value: object) -> float:
-    """``value`` as seconds if it is a real number, else 0."""
+    """`value` as seconds if it is a real number, else 0."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return 0.0
@@ -95,38 +99,38 @@ class RichProgressObserver(BaseObserver):
     """An observer that draws a live progress display of the batch with rich.
 
     Counts come from the processor's events: every item ends with exactly one
-    ``ITEM_COMPLETED`` or ``ITEM_FAILED``, so ``completed`` reaches ``total`` when the batch
-    is done. Rate-limit hits come from ``RATE_LIMIT_HIT``; cooldowns from
-    ``COOLDOWN_STARTED`` / ``COOLDOWN_ENDED`` (with the default rate-limit strategies) or
-    from the pause a ``RATE_LIMIT_HIT`` reports (with
-    :class:`~async_batch_llm.rate_control.AdaptiveRateLimitStrategy`).
+    `ITEM_COMPLETED` or `ITEM_FAILED`, so `completed` reaches `total` when the batch
+    is done. Rate-limit hits come from `RATE_LIMIT_HIT`; cooldowns from
+    `COOLDOWN_STARTED` / `COOLDOWN_ENDED` (with the default rate-limit strategies) or
+    from the pause a `RATE_LIMIT_HIT` reports (with
+    `async_batch_llm.rate_control.AdaptiveRateLimitStrategy`).
 
-    The display is drawn on ``console`` (stdout by default): redrawn in place in a terminal,
+    The display is drawn on `console` (stdout by default): redrawn in place in a terminal,
     printed once when the batch completes otherwise (a log file, CI). Print other output
-    while it runs with ``observer.console.print(...)`` so that it appears above the display.
+    while it runs with `observer.console.print(...)` so that it appears above the display.
 
-    One observer can follow several batches one after another: each ``BATCH_STARTED``
+    One observer can follow several batches one after another: each `BATCH_STARTED`
     starts a new display and resets the counters. The display stops at
-    ``BATCH_COMPLETED``; a batch that is cancelled never sends it, so when that can happen
-    use the observer as a context manager (``with RichProgressObserver() as progress:``) or
-    call :meth:`stop`.
+    `BATCH_COMPLETED`; a batch that is cancelled never sends it, so when that can happen
+    use the observer as a context manager (`with RichProgressObserver() as progress:`) or
+    call `stop()`.
 
     Args:
         description: Label in front of the bar.
-        console: The rich ``Console`` to draw on; a new one writing to stdout by default.
+        console: The rich `Console` to draw on; a new one writing to stdout by default.
         transient: Remove the display from a terminal when the batch completes.
-        refresh_per_second: How often the display is redrawn in a terminal (``> 0``).
+        refresh_per_second: How often the display is redrawn in a terminal (`> 0`).
 
     Raises:
-        ValueError: ``refresh_per_second`` is not positive.
+        ValueError: `refresh_per_second` is not positive.
 
     Attributes:
-        total: Items in the current batch (from ``BATCH_STARTED``).
+        total: Items in the current batch (from `BATCH_STARTED`).
         completed: Items with a final result so far.
         succeeded: Items that succeeded.
         failed: Items that failed.
         rate_limit_hits: Attempts that were rate limited.
-        cooldowns: Shared cooldowns started (with ``AdaptiveRateLimitStrategy``: scope
+        cooldowns: Shared cooldowns started (with `AdaptiveRateLimitStrategy`: scope
             pauses started).
     """
 
@@ -160,12 +164,12 @@ class RichProgressObserver(BaseObserver):
 
     @property
     def running(self) -> bool:
-        """Whether the display is live (between ``BATCH_STARTED`` and its end)."""
+        """Whether the display is live (between `BATCH_STARTED` and its end)."""
         return self._progress is not None
 
     @property
     def paused_for(self) -> float:
-        """Seconds left in the current cooldown or scope pause, ``0.0`` when none runs."""
+        """Seconds left in the current cooldown or scope pause, `0.0` when none runs."""
         return max(0.0, self._paused_until - time.monotonic())
 
     def status_line(self) -> Text:
@@ -186,7 +190,7 @@ class RichProgressObserver(BaseObserver):
         return text
 
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
-        """Update the counters and the display for ``event``."""
+        """Update the counters and the display for `event`."""
         if event is ProcessingEvent.BATCH_STARTED:
             self._start(int(data.get("total", 0)))
         elif event is ProcessingEvent.ITEM_COMPLETED:
@@ -215,7 +219,7 @@ class RichProgressObserver(BaseObserver):
             self.stop()
 
     def stop(self) -> None:
-        """Stop drawing (the last state stays on screen unless ``transient``).
+        """Stop drawing (the last state stays on screen unless `transient`).
 
         Safe to call at any time and more than once.
         """
