@@ -9,7 +9,8 @@ An :class:`AdaptiveRateLimitStrategy` keeps the batch inside the quota: it reads
 and the remaining budget from the ``x-ratelimit-*`` headers of every response, lets the
 first 600 requests go at once and then paces the rest (about 10 per second), so 1,000
 prompts take about 45 s without a single 429. The processor retries the 503s after a short
-wait and counts the tokens. A live progress bar follows the batch; a summary table ends it.
+wait (each retry is logged as a WARNING line) and counts the tokens. A live progress bar
+follows the batch, with the log lines printed above it; a summary table ends it.
 
 Run it with ``./scripts/demo`` or ``python examples/quickstart.py``. With ``--real`` and
 ``OPENAI_API_KEY`` set, the same code sends ``--count`` prompts (20 by default) to the real
@@ -167,6 +168,10 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    # The library logs each retry (WARNING) and final failure (ERROR); the summary counts them.
-    logging.basicConfig(level=logging.CRITICAL)
+    # The library logs each retry (WARNING) and final failure (ERROR). In a terminal, stderr
+    # is where the bar is drawn too: RichProgressObserver prints this handler's lines above
+    # the bar while the batch runs, so they do not tear it. Off a terminal they go to stderr.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
     asyncio.run(main(parse_args(__doc__ or "", "openai", configure=options)))

@@ -156,6 +156,15 @@ def test_quickstart_prints_the_summary_table() -> None:
     }
     assert counts["items"] == QUICKSTART_TEST_COUNT
     assert counts["succeeded"] + counts["failed"] == QUICKSTART_TEST_COUNT
+    # Every retry is logged, in the demo's format (in a terminal, above the bar).
+    retries = re.search(r"^\s*retries\s+([\d,]+)\s*$", stdout, re.MULTILINE)
+    assert retries is not None, stdout
+    logged = re.findall(
+        r"^\d\d:\d\d:\d\d WARNING Item doc-\d+ attempt \d/5 failed \(.*\); retrying in ",
+        completed.stderr,
+        re.MULTILINE,
+    )
+    assert len(logged) == int(retries.group(1).replace(",", "")), completed.stderr
     # The progress display printed its final state (stdout is not a terminal here).
     assert re.search(rf"{QUICKSTART_TEST_COUNT}/{QUICKSTART_TEST_COUNT}", stdout), stdout
 

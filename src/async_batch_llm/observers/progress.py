@@ -1,32 +1,44 @@
-"""A live progress bar for any batch, drawn with `rich <https://rich.readthedocs.io>`_.
+"""A live progress bar for any batch, drawn with [rich](https://rich.readthedocs.io).
 
-Needs the ``progress`` extra (``pip install 'async-batch-llm[progress]'``); importing this
-module without rich raises ``ImportError``. Attach the observer to a processor::
+Needs the `progress` extra (`pip install 'async-batch-llm[progress]'`); importing this
+module without rich raises `ImportError`. Attach the observer to a processor:
 
-    from async_batch_llm.observers.progress import RichProgressObserver
+```python
+from async_batch_llm.observers.progress import RichProgressObserver
 
-    async with ParallelBatchProcessor(config=config, observers=[RichProgressObserver()]) as p:
-        ...
-        result = await p.process_all()
+async with ParallelBatchProcessor(config=config, observers=[RichProgressObserver()]) as p:
+    ...
+    result = await p.process_all()
+```
 
-The display starts at ``BATCH_STARTED`` and stops at ``BATCH_COMPLETED``. It has two lines:
+The display starts at `BATCH_STARTED` and stops at `BATCH_COMPLETED`. It has two lines:
 the bar with items done out of the total, the throughput and the elapsed time; and the
 succeeded and failed counts, the rate-limit hits and the cooldowns, with a countdown while
-the workers are paused::
+the workers are paused:
 
-    Processing ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 1000/1000 83.9 items/s 0:00:11
-      998 ok, 2 failed, 3 rate limits, 1 cooldown
+```text
+Processing ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 1000/1000 83.9 items/s 0:00:11
+  998 ok, 2 failed, 3 rate limits, 1 cooldown
+```
+
+In a terminal, other output is printed above the display while it runs, so the bar is
+redrawn under it instead of being torn: `print()` to stdout or stderr, and the lines of
+every `logging.StreamHandler` that writes to the console's terminal, such as the one
+`logging.basicConfig()` installs. See `RichProgressObserver` for the details.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, Any, Self
 
 try:
     from rich.console import Console, RenderableType
+    from rich.file_proxy import FileProxy
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -61,7 +73,7 @@ class _ThroughputColumn(ProgressColumn):
 
 
 class _Display(Progress):
-    """A rich ``Progress`` with the observer's status line under the bar."""
+    """A rich `Progress` with the observer's status line under the bar."""
 
     def __init__(self, observer: RichProgressObserver, **options: Any) -> None:
         # Set first: the base constructor already renders the display once.
@@ -80,8 +92,67 @@ class _Display(Progress):
         yield self._observer.status_line()
 
 
+def _writes_to(stream: Any, terminal: IO[str]) -> bool:
+    """Whether writing to `stream` lands where `terminal` (the console's file) writes."""
+    if stream is None or isinstance(stream, FileProxy):
+        # No stream yet, or already printing through a rich console.
+        return False
+    if stream is terminal:
+        return True
+    # `basicConfig()` writes to stderr while the console draws on stdout: two file objects,
+    # one terminal. A stream without a file descriptor (`StringIO`) can only match by identity.
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.fstat(terminal.fileno()))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _LogRedirect:
+    """Points the terminal's logging handlers at a live display, and back.
+
+    Only the handlers' streams change: no handler is added or removed, and levels, filters
+    and formatters stay as the application configured them.
+    """
+
+    def __init__(self) -> None:
+        self._redirected: list[tuple[logging.StreamHandler[Any], Any, FileProxy]] = []
+
+    def start(self, console: Console) -> None:
+        terminal = console.file
+        for handler in _stream_handlers():
+            original = handler.stream
+            if _writes_to(original, terminal):
+                # The proxy prints each complete line through the console, which draws it
+                # above the live display and redraws the display under it.
+                proxy = FileProxy(console, original)
+                handler.setStream(proxy)
+                self._redirected.append((handler, original, proxy))
+
+    def stop(self) -> None:
+        redirected, self._redirected = self._redirected, []
+        for handler, original, proxy in reversed(redirected):
+            # A stream the application replaced in the meantime is its own to keep.
+            if handler.stream is proxy:
+                handler.setStream(original)
+
+
+def _stream_handlers() -> list[logging.StreamHandler[Any]]:
+    """Every `StreamHandler` of the root logger and of the loggers that exist, once each."""
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    # A copy: another thread may create a logger meanwhile. Placeholders have no handlers.
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            loggers.append(logger)
+    handlers: dict[int, logging.StreamHandler[Any]] = {}
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler):
+                handlers.setdefault(id(handler), handler)
+    return list(handlers.values())
+
+
 def _seconds(value: object) -> float:
-    """``value`` as seconds if it is a real number, else 0."""
+    """`value` as seconds if it is a real number, else 0."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return 0.0
@@ -95,38 +166,51 @@ class RichProgressObserver(BaseObserver):
     """An observer that draws a live progress display of the batch with rich.
 
     Counts come from the processor's events: every item ends with exactly one
-    ``ITEM_COMPLETED`` or ``ITEM_FAILED``, so ``completed`` reaches ``total`` when the batch
-    is done. Rate-limit hits come from ``RATE_LIMIT_HIT``; cooldowns from
-    ``COOLDOWN_STARTED`` / ``COOLDOWN_ENDED`` (with the default rate-limit strategies) or
-    from the pause a ``RATE_LIMIT_HIT`` reports (with
-    :class:`~async_batch_llm.rate_control.AdaptiveRateLimitStrategy`).
+    `ITEM_COMPLETED` or `ITEM_FAILED`, so `completed` reaches `total` when the batch
+    is done. Rate-limit hits come from `RATE_LIMIT_HIT`; cooldowns from
+    `COOLDOWN_STARTED` / `COOLDOWN_ENDED` (with the default rate-limit strategies) or
+    from the pause a `RATE_LIMIT_HIT` reports (with
+    `async_batch_llm.rate_control.AdaptiveRateLimitStrategy`).
 
-    The display is drawn on ``console`` (stdout by default): redrawn in place in a terminal,
-    printed once when the batch completes otherwise (a log file, CI). Print other output
-    while it runs with ``observer.console.print(...)`` so that it appears above the display.
+    The display is drawn on `console` (stdout by default): redrawn in place in a terminal,
+    printed once when the batch completes otherwise (a log file, CI).
 
-    One observer can follow several batches one after another: each ``BATCH_STARTED``
+    While the display is live in a terminal, other output is printed above it and the
+    display is redrawn underneath, so that no line is torn:
+
+    - `observer.console.print(...)`, and `print()` to `sys.stdout` or `sys.stderr`.
+    - Log lines: each `logging.StreamHandler` of the root logger or of any other existing
+      logger whose stream writes to the console's terminal (the console's file itself, or
+      another file on the same terminal, such as the stderr handler of
+      `logging.basicConfig()` while the console draws on stdout) writes through the
+      console until the display stops. Only the handler's stream is swapped, with
+      `setStream()`: no handler is added, and the level, filters and formatter stay as
+      configured. Each handler gets its stream back when the display stops, however it
+      stops. Handlers writing anywhere else (a file, stderr redirected to a file) are left
+      alone, and so is everything when the console is not a terminal.
+
+    One observer can follow several batches one after another: each `BATCH_STARTED`
     starts a new display and resets the counters. The display stops at
-    ``BATCH_COMPLETED``; a batch that is cancelled never sends it, so when that can happen
-    use the observer as a context manager (``with RichProgressObserver() as progress:``) or
-    call :meth:`stop`.
+    `BATCH_COMPLETED`; a batch that is cancelled never sends it, so when that can happen
+    use the observer as a context manager (`with RichProgressObserver() as progress:`) or
+    call `stop()`.
 
     Args:
         description: Label in front of the bar.
-        console: The rich ``Console`` to draw on; a new one writing to stdout by default.
+        console: The rich `Console` to draw on; a new one writing to stdout by default.
         transient: Remove the display from a terminal when the batch completes.
-        refresh_per_second: How often the display is redrawn in a terminal (``> 0``).
+        refresh_per_second: How often the display is redrawn in a terminal (`> 0`).
 
     Raises:
-        ValueError: ``refresh_per_second`` is not positive.
+        ValueError: `refresh_per_second` is not positive.
 
     Attributes:
-        total: Items in the current batch (from ``BATCH_STARTED``).
+        total: Items in the current batch (from `BATCH_STARTED`).
         completed: Items with a final result so far.
         succeeded: Items that succeeded.
         failed: Items that failed.
         rate_limit_hits: Attempts that were rate limited.
-        cooldowns: Shared cooldowns started (with ``AdaptiveRateLimitStrategy``: scope
+        cooldowns: Shared cooldowns started (with `AdaptiveRateLimitStrategy`: scope
             pauses started).
     """
 
@@ -157,15 +241,16 @@ class RichProgressObserver(BaseObserver):
         self._paused_until = 0.0
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._logs = _LogRedirect()
 
     @property
     def running(self) -> bool:
-        """Whether the display is live (between ``BATCH_STARTED`` and its end)."""
+        """Whether the display is live (between `BATCH_STARTED` and its end)."""
         return self._progress is not None
 
     @property
     def paused_for(self) -> float:
-        """Seconds left in the current cooldown or scope pause, ``0.0`` when none runs."""
+        """Seconds left in the current cooldown or scope pause, `0.0` when none runs."""
         return max(0.0, self._paused_until - time.monotonic())
 
     def status_line(self) -> Text:
@@ -186,7 +271,7 @@ class RichProgressObserver(BaseObserver):
         return text
 
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
-        """Update the counters and the display for ``event``."""
+        """Update the counters and the display for `event`."""
         if event is ProcessingEvent.BATCH_STARTED:
             self._start(int(data.get("total", 0)))
         elif event is ProcessingEvent.ITEM_COMPLETED:
@@ -215,17 +300,23 @@ class RichProgressObserver(BaseObserver):
             self.stop()
 
     def stop(self) -> None:
-        """Stop drawing (the last state stays on screen unless ``transient``).
+        """Stop drawing (the last state stays on screen unless `transient`).
 
-        Safe to call at any time and more than once.
+        Log handlers get their own streams back. Safe to call at any time and more than
+        once.
         """
         progress, self._progress = self._progress, None
         if progress is None:
             return
         self._paused_until = 0.0
-        if self._task is not None:
-            progress.stop_task(self._task)
-        progress.stop()
+        try:
+            if self._task is not None:
+                progress.stop_task(self._task)
+            progress.stop()
+        finally:
+            # After the display's last redraw: a record logged in between is printed by the
+            # console as a plain line, below the final state, not into the middle of it.
+            self._logs.stop()
 
     def __enter__(self) -> Self:
         return self
@@ -256,10 +347,21 @@ class RichProgressObserver(BaseObserver):
             console=self.console,
             transient=self.transient,
             refresh_per_second=self.refresh_per_second,
+            # In a terminal, print() to either stream goes above the display too.
+            redirect_stdout=True,
+            redirect_stderr=True,
         )
         self._task = progress.add_task(self.description, total=total)
         self._progress = progress
-        progress.start()
+        try:
+            # Off a terminal the display is only printed at the end: nothing to keep clear.
+            if self.console.is_terminal:
+                self._logs.start(self.console)
+            progress.start()
+        except BaseException:
+            self._progress = None
+            self._logs.stop()
+            raise
 
     def _advance(self) -> None:
         if self._progress is not None and self._task is not None:
