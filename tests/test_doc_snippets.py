@@ -13,8 +13,8 @@ Two kinds of block are not run here, both visible on the page:
 
 * a block that only includes an example file (``--8<-- "examples/NAME.py"``, or a section of
   it): tests/test_examples.py runs the example. The example must be self-contained (no
-  import of the examples' private helper ``_provider``), so that what the page shows can be
-  pasted too;
+  import of the examples' private helper ``_provider``), and a page that shows a section of
+  it shows the whole file too, so that what the page shows can be pasted;
 * a block right under ``<!-- snippet: no-run (the reason) -->``: one that cannot run
   offline. The reason is required, there may be only a few, and each is reported as a
   skipped test with its page, line and reason.
@@ -139,6 +139,13 @@ def all_snippets() -> list[Snippet]:
 
 SNIPPETS = all_snippets()
 INCLUDE_ONLY = [snippet for snippet in SNIPPETS if snippet.includes is not None]
+# (page, file) for every file a page includes whole, e.g. in a "The whole example" block.
+WHOLE_INCLUDES = {
+    (snippet.page, target)
+    for snippet in INCLUDE_ONLY
+    for target, section in snippet.includes or []
+    if section is None
+}
 PROGRAMS = [snippet for snippet in SNIPPETS if snippet.includes is None]
 
 
@@ -285,7 +292,7 @@ def imported_modules(source: str) -> set[str]:
 @pytest.mark.parametrize("snippet", INCLUDE_ONLY, ids=lambda snippet: snippet.id)
 def test_included_example_is_run_and_self_contained(snippet: Snippet) -> None:
     """An included file is an example that test_examples.py runs, and it can be pasted."""
-    for target, _section in snippet.includes or []:
+    for target, section in snippet.includes or []:
         path = ROOT / target
         if path.parent != EXAMPLES_DIR or path.suffix != ".py" or path.name.startswith("_"):
             pytest.fail(
@@ -301,6 +308,12 @@ def test_included_example_is_run_and_self_contained(snippet: Snippet) -> None:
                 f"{', '.join(sorted(helpers))}, so what the page shows cannot be pasted. Show "
                 f"a self-contained program on the page instead (one that starts the simulator "
                 f"itself).",
+                pytrace=False,
+            )
+        if section is not None and (snippet.page, target) not in WHOLE_INCLUDES:
+            pytest.fail(
+                f"{snippet.id}: shows a part of {target} but not the whole file; add it to "
+                f"{snippet.page}, e.g. in a collapsed '??? example \"The whole example\"' block",
                 pytrace=False,
             )
 
