@@ -36,7 +36,6 @@ CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Perth"]
 config = ProcessorConfig(max_workers=3, timeout_per_item=60.0)
 
 
-# --8<-- [start:strategy]
 class GeminiFacts(LLMCallStrategy[str]):
     """Opens a Gemini client before the first call and closes it at shutdown."""
 
@@ -62,11 +61,7 @@ class GeminiFacts(LLMCallStrategy[str]):
             self.client = None
 
 
-# --8<-- [end:strategy]
-
-
 async def with_async_with(strategy: GeminiFacts) -> BatchResult[str, None]:
-    # --8<-- [start:async_with]
     async with ParallelBatchProcessor[str, str, None](
         config=config, error_classifier=GeminiErrorClassifier()
     ) as processor:
@@ -77,12 +72,10 @@ async def with_async_with(strategy: GeminiFacts) -> BatchResult[str, None]:
         print(f"inside the block: client open = {strategy.client is not None}")
     # Leaving the block called strategy.cleanup().
     print(f"after the block:  client open = {strategy.client is not None}")
-    # --8<-- [end:async_with]
     return result
 
 
 async def with_shutdown(strategy: GeminiFacts) -> None:
-    # --8<-- [start:shutdown]
     processor = ParallelBatchProcessor[str, str, None](config=config)
     try:
         await processor.add_work(LLMWorkItem(item_id="one", strategy=strategy, prompt="Hi"))
@@ -93,7 +86,6 @@ async def with_shutdown(strategy: GeminiFacts) -> None:
     finally:
         await processor.shutdown()  # what leaving ``async with`` does
     print(f"after shutdown(): client open = {strategy.client is not None}")
-    # --8<-- [end:shutdown]
 
 
 async def main(args: argparse.Namespace) -> None:

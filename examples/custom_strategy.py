@@ -52,7 +52,6 @@ class City(BaseModel):
     population: int
 
 
-# --8<-- [start:strategy]
 class AnswerValidationError(TokenTrackingError):
     """The model answered, but not with a valid City. Carries the tokens the call used."""
 
@@ -100,10 +99,6 @@ class EscalatingStrategy(LLMCallStrategy[City]):
             state.set("escalate", True)
 
 
-# --8<-- [end:strategy]
-
-
-# --8<-- [start:simulated_models]
 def simulated_models(request: ProviderRequest) -> Reply | None:
     """Offline stand-in for both models: the small one fumbles hard questions."""
     name = re.sub(r"\(.*\)", "", request.prompt.split(":", 1)[-1]).strip()
@@ -112,9 +107,6 @@ def simulated_models(request: ProviderRequest) -> Reply | None:
         return "Sorry, I am not sure."
     answer: dict[str, Any] = {"name": name, "population": len(name) * 100_000}
     return answer
-
-
-# --8<-- [end:simulated_models]
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -38,7 +38,6 @@ async def main(args: argparse.Namespace) -> None:
     async with endpoint("openai", real=args.real) as target:
         agent = Agent(target.openai_model("gpt-4o-mini"), output_type=Summary)
         strategy = PydanticAIStrategy(agent)
-        # --8<-- [start:dry_run]
         config = ProcessorConfig(max_workers=8, dry_run=True)
         async with ParallelBatchProcessor[str, Summary, None](config=config) as processor:
             for i, document in enumerate(documents):
@@ -46,7 +45,6 @@ async def main(args: argparse.Namespace) -> None:
                     LLMWorkItem(item_id=f"doc-{i}", strategy=strategy, prompt=document)
                 )
             result = await processor.process_all()
-        # --8<-- [end:dry_run]
         where = target.describe()
         sent = target.simulator.stats.requests_total if target.simulator is not None else 0
 

@@ -63,7 +63,6 @@ def simulated_reader(request: ProviderRequest) -> Reply | None:
 async def main(args: argparse.Namespace) -> None:
     async with endpoint("gemini", real=args.real, reply=simulated_reader) as target:
         print(f"Asking {target.describe()}")
-        # --8<-- [start:model]
         model = GeminiCachedModel(
             "gemini-2.5-flash",
             target.gemini_client(),
@@ -73,7 +72,6 @@ async def main(args: argparse.Namespace) -> None:
             cache_tags={"example": "shipping-handbook"},  # how a later run finds it again
         )
         strategy = GeminiStrategy(model, text_of)
-        # --8<-- [end:model]
         async with ParallelBatchProcessor[str, str, None](
             config=ProcessorConfig(max_workers=4), error_classifier=GeminiErrorClassifier()
         ) as processor:
@@ -87,12 +85,10 @@ async def main(args: argparse.Namespace) -> None:
 
     for item in sorted(result.results, key=lambda r: r.item_id):
         print(f"{item.item_id}: {item.output or item.error}")
-    # --8<-- [start:tokens]
     print(
         f"input tokens: {result.total_input_tokens:,}, of which cached: "
         f"{result.total_cached_tokens:,} ({result.cache_hit_rate():.1f}%)"
     )
-    # --8<-- [end:tokens]
     print(f"{result.succeeded} succeeded, {result.failed} failed")
 
 

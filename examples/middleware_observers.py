@@ -58,7 +58,6 @@ class PolicyCheckedStrategy(PydanticAIStrategy[str]):
         return await super().execute(prompt, attempt, timeout, state)
 
 
-# --8<-- [start:middleware]
 class SkipBlankPrompts(BaseMiddleware[str, str, None]):
     """Skip items with an empty prompt: they end as failed results, with no call made."""
 
@@ -85,10 +84,6 @@ class FallbackAnswer(BaseMiddleware[str, str, None]):
         )
 
 
-# --8<-- [end:middleware]
-
-
-# --8<-- [start:observer]
 class EventCounter(BaseObserver):
     """Count every event by name."""
 
@@ -99,9 +94,6 @@ class EventCounter(BaseObserver):
         self.counts[event.value] += 1
 
 
-# --8<-- [end:observer]
-
-
 async def main(args: argparse.Namespace) -> None:
     events = EventCounter()
     metrics = MetricsObserver()
@@ -110,7 +102,6 @@ async def main(args: argparse.Namespace) -> None:
         print(f"Asking {target.describe()}\n")
         agent = Agent(target.openai_model("gpt-4o-mini"), instructions="Answer in a few words.")
         strategy = PolicyCheckedStrategy(agent)
-        # --8<-- [start:wiring]
         async with ParallelBatchProcessor[str, str, None](
             config=ProcessorConfig(max_workers=2),
             error_classifier=GeminiErrorClassifier(),
@@ -122,7 +113,6 @@ async def main(args: argparse.Namespace) -> None:
                     LLMWorkItem(item_id=f"p{i}", strategy=strategy, prompt=prompt)
                 )
             result = await processor.process_all()
-        # --8<-- [end:wiring]
 
     for item in sorted(result.results, key=lambda r: r.item_id):
         print(f"{item.item_id}  success={item.success!s:<5}  {item.output or item.error}")

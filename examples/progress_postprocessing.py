@@ -63,7 +63,6 @@ class TranslateStrategy(PydanticAIStrategy[str]):
         return await super().execute(prompt, attempt, timeout, state)
 
 
-# --8<-- [start:callbacks]
 def jsonl_writer(out: IO[str]) -> Callable[[WorkItemResult[str, Row]], None]:
     """A post-processor that appends each final result to ``out`` as one JSON line."""
 
@@ -81,16 +80,12 @@ def jsonl_writer(out: IO[str]) -> Callable[[WorkItemResult[str, Row]], None]:
     return write
 
 
-# --8<-- [end:callbacks]
-
-
 async def run(args: argparse.Namespace, out: IO[str]) -> None:
     texts = ["Good morning", "Thank you", "", "See you tomorrow", "Where is the station?"]
     rows = [Row(line=n, text=texts[n % len(texts)]) for n in range(100)]
     async with endpoint("openai", real=args.real) as target:
         agent = Agent(target.openai_model("gpt-4o-mini"), instructions="Translate to French.")
         strategy = TranslateStrategy(agent)
-        # --8<-- [start:wiring]
         progress = RichProgressObserver(description="Translating")
 
         async def checkpoint(completed: int, total: int, current_item: str) -> None:
@@ -112,7 +107,6 @@ async def run(args: argparse.Namespace, out: IO[str]) -> None:
                     )
                 )
             result = await processor.process_all()
-        # --8<-- [end:wiring]
     progress.console.print(f"{result.succeeded} succeeded, {result.failed} failed")
 
 

@@ -164,7 +164,6 @@ def text_of(response: LLMResponse) -> str:
     return response.text
 
 
-# --8<-- [start:processor]
 def make_processor(metrics: MetricsObserver) -> ParallelBatchProcessor[str, str, None]:
     # One controller for the whole batch; each provider + key + model gets its own pace.
     rate_control = AdaptiveRateLimitStrategy(window_seconds=WINDOW)
@@ -173,9 +172,6 @@ def make_processor(metrics: MetricsObserver) -> ParallelBatchProcessor[str, str,
         rate_limit_strategy=rate_control,
         observers=[metrics],
     )
-
-
-# --8<-- [end:processor]
 
 
 async def run(

@@ -41,16 +41,12 @@ REVIEWS = [
 ]
 
 
-# --8<-- [start:model]
 class ReviewAnalysis(BaseModel):
     """What we want to know about each review."""
 
     sentiment: Literal["positive", "negative", "mixed"]
     stars: int = Field(ge=1, le=5, description="The star rating the review implies")
     issue: str | None = Field(description="The main complaint, if any")
-
-
-# --8<-- [end:model]
 
 
 def simulated_analyst(request: ProviderRequest) -> Reply | None:
@@ -66,7 +62,6 @@ def simulated_analyst(request: ProviderRequest) -> Reply | None:
 async def main(args: argparse.Namespace) -> None:
     async with endpoint("openai", real=args.real, reply=simulated_analyst) as target:
         print(f"Asking {target.describe()}")
-        # --8<-- [start:agent]
         agent = Agent(
             target.openai_model("gpt-4o-mini"),
             output_type=ReviewAnalysis,
@@ -82,7 +77,6 @@ async def main(args: argparse.Namespace) -> None:
                     LLMWorkItem(item_id=f"review-{i}", strategy=strategy, prompt=review)
                 )
             result = await processor.process_all()
-        # --8<-- [end:agent]
 
     for item in sorted(result.results, key=lambda r: r.item_id):
         analysis = item.output

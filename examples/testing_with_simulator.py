@@ -60,7 +60,6 @@ async def classify_all(
 # --8<-- [end:pipeline]
 
 
-# --8<-- [start:setup]
 # Tiny waits, so that retries and cooldowns take milliseconds.
 FAST = ProcessorConfig(
     max_workers=4,
@@ -78,9 +77,6 @@ async def simulated_agent(
         provider = OpenAIProvider(base_url=sim.openai_base_url, api_key="sk-test", http_client=http)
         model = OpenAIChatModel("gpt-4o-mini", provider=provider)
         yield sim, Agent(model, output_type=Sentiment)
-
-
-# --8<-- [end:setup]
 
 
 # --8<-- [start:tests]

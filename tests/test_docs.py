@@ -1,9 +1,10 @@
 """The documentation agrees with the code.
 
-Every Python snippet in the docs is either included from an example file (which the test
-suite runs) or checked here: it must compile and its imports must resolve. Every public name
-has an API reference entry, every page is in the navigation, and the links and command-line
-options the docs mention exist.
+Every Python snippet in the docs is either included from an example file (which
+test_examples.py runs) or a program of its own (which test_doc_snippets.py runs); here each
+inline one must also compile and its imports must resolve, a quick check that needs no
+subprocess. Every public name has an API reference entry, every page is in the navigation,
+and the links and command-line options the docs mention exist.
 """
 
 from __future__ import annotations
