@@ -31,7 +31,6 @@ or add it to a client you already have with :func:`instrument`.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 from async_batch_llm._internal.rate_control.controller import (
@@ -89,7 +88,7 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
             unused, for requests counted elsewhere (``>= 0`` and ``< 1``).
         burst_seconds: How many seconds of the pace may go at once (at least one call), so
             that providers enforcing their limit per second are not overrun.
-        clock: Monotonic seconds (default :func:`time.monotonic`); injectable for tests.
+        clock: Monotonic seconds (default: the running event loop's clock); for tests.
         sleep: Async sleep (default :func:`asyncio.sleep`); injectable for tests.
 
     Raises:
@@ -124,7 +123,7 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
         #: Admits every attempt and tracks every scope.
         self.controller = RateController(
             self.settings,
-            clock=time.monotonic if clock is None else clock,
+            clock=clock,
             sleep=asyncio.sleep if sleep is None else sleep,
         )
 

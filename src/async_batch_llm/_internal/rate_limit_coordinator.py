@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from async_batch_llm._internal.rate_control.controller import loop_time
 from async_batch_llm.observers.base import ProcessingEvent
 from async_batch_llm.strategies.rate_limit import RateLimitStrategy
 
@@ -63,7 +63,7 @@ class RateLimitCoordinator:
         has_listeners: Callable[[], bool] = lambda: False,
         run_hook: HookRunner = _unbounded,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = loop_time,
     ) -> None:
         self.strategy = strategy
         self._publish = publish

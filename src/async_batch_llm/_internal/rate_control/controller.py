@@ -208,6 +208,18 @@ def active_ticket(ticket: Ticket) -> Iterator[Ticket]:
         current_ticket.reset(token)
 
 
+def loop_time() -> float:
+    """The running event loop's clock (the one its timers use), else `time.monotonic`.
+
+    The same clock for standard loops; a loop with a clock of its own (virtual time in
+    tests) is followed too.
+    """
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
 class RateController:
     """Admits calls per :class:`RateScope` and learns from their outcomes.
 
@@ -215,7 +227,7 @@ class RateController:
 
     Args:
         settings: The limits and learning options (defaults: learn everything).
-        clock: Monotonic seconds; injectable for tests.
+        clock: Monotonic seconds; default `loop_time`.
         sleep: Async sleep used while a call waits for its turn; injectable for tests.
         wall_clock: Unix seconds, for timestamps in headers.
     """
@@ -224,11 +236,13 @@ class RateController:
         self,
         settings: RateSettings | None = None,
         *,
-        clock: Clock = time.monotonic,
+        clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
         wall_clock: Clock = time.time,
     ) -> None:
         self.settings = settings if settings is not None else RateSettings()
+        if clock is None:
+            clock = loop_time
         #: The monotonic clock the controller reads.
         self.clock = clock
         self._clock = clock
