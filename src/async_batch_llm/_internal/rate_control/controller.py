@@ -175,9 +175,6 @@ class OpenPermit:
             used = detail.get("total_tokens") if type(detail) is dict else None
             if type(used) is not int or used <= 0:
                 used = total_tokens_of(detail)
-            if state.rejecting_since is not None:
-                state.succeeded_open(used, self.controller.clock)
-                return
             # ScopeController.succeeded_open, inline: this runs for every success.
             state.succeeded += 1
             if state.pauses_since_success:

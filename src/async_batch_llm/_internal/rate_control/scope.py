@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -493,11 +492,13 @@ class ScopeController:
         return self.open and self.paused_until <= now
 
     def _refresh_open(self) -> None:
-        # Kept as a flag because it is read for every call admitted.
+        # Kept as a flag because it is read for every call admitted. Once the provider has
+        # rejected a call, every call gets a full `Admission`: learning needs their times.
         self.open = (
             self.requests.pacer.rate is None
             and self.tokens.pacer.rate is None
             and not self.exhausted
+            and self.rejecting_since is None
         )
 
     def check_open(self) -> None:
@@ -555,13 +556,14 @@ class ScopeController:
         """
         self.admitted += 1
 
-    def succeeded_open(self, used_tokens: int | None, clock: Callable[[], float]) -> None:
-        """A call admitted with `admit_open` completed (`clock` is read only if needed)."""
+    def succeeded_open(self, used_tokens: int | None) -> None:
+        """A call admitted with `admit_open` completed.
+
+        It is not one of the successes that measure the provider's rate: it was admitted
+        before the provider rejected anything (the scope is no longer open after that).
+        """
         self.succeeded += 1
         self.pauses_since_success = 0
-        if self.rejecting_since is not None:
-            now = clock()
-            self._record_success(now - (self._latency or 0.0), now)
         if used_tokens:
             self.tokens_used += used_tokens
 
@@ -668,6 +670,7 @@ class ScopeController:
             self.rejecting_since = now
         self._last_rejected_at = now
         self._succeeded_at_rejection = self.succeeded
+        self._refresh_open()
         self._clean_since = now
         # A rejected call used no tokens.
         self.tokens.pacer.refund(admission.tokens)
