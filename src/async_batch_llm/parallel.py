@@ -259,7 +259,10 @@ class ParallelBatchProcessor(
         try:
             await self._lifecycle.cleanup_all()
         finally:
-            await self.cleanup()
+            try:
+                await self._dispatcher.close()
+            finally:
+                await self.cleanup()
 
     async def get_stats(self) -> dict[str, Any]:
         """A consistent snapshot of the counters (see `ProcessingStats`)."""

@@ -102,6 +102,17 @@ class ObserverChannel:
             self.missed += len(self._backlog)
             self._backlog.clear()
 
+    def stop(self) -> asyncio.Task[None] | None:
+        """Cancel the delivery and drop the backlog; return the task to wait for, if any."""
+        task = self._task
+        self._generation += 1
+        self._task = None
+        self._backlog.clear()
+        if task is not None and not task.done():
+            task.cancel()
+            return task
+        return None
+
     def _start(self) -> None:
         self._generation += 1
         self._task = asyncio.ensure_future(self._deliver(self._generation))
@@ -232,6 +243,20 @@ class EventDispatcher:
                     timeout,
                 )
                 channel.missed = 0
+
+    async def close(self) -> None:
+        """Stop every delivery task (the batch was cancelled, or the processor closes).
+
+        Events not delivered yet are dropped; each observer's delivery is given the grace
+        period to stop.
+        """
+        tasks = []
+        for channel in self._channels.values():
+            task = channel.stop()
+            if task is not None:
+                tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.grace)
 
     async def before_process(
         self, item: LLMWorkItem[Any, Any, Any], run: StepRunner | None = None

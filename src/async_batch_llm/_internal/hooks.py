@@ -49,10 +49,11 @@ def interruption_error(exc: BaseException, what: str) -> CallInterruptedError:
 def is_propagating(exc: BaseException, task: asyncio.Task[Any]) -> bool:
     """Whether `exc`, which ended a step of `task`, must stop the task rather than the step.
 
-    ``KeyboardInterrupt``/``SystemExit`` always do; so does a ``CancelledError`` while
-    someone is cancelling the task (the batch's own cancellation).
+    ``KeyboardInterrupt``/``SystemExit`` always do (and ``GeneratorExit``: the coroutine is
+    being closed); so does a ``CancelledError`` while someone is cancelling the task (the
+    batch's own cancellation).
     """
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
+    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
         return True
     return isinstance(exc, asyncio.CancelledError) and task.cancelling() > 0
 
