@@ -300,3 +300,16 @@ def test_docstring_snippets_compile_and_import(where: str, source: str) -> None:
     """A code example in a public docstring (rendered in the API reference) compiles."""
     compile(source, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     check_imports(source, where)
+
+
+SPHINX_ROLE = re.compile(r":(class|meth|func|data|attr|mod|exc|obj|ref):`")
+
+
+def test_docstrings_have_no_sphinx_roles() -> None:
+    """mkdocstrings renders Markdown: a Sphinx role such as :class:`X` would show up raw."""
+    offenders = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if SPHINX_ROLE.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

@@ -1,7 +1,7 @@
 """async-batch-llm: run thousands of LLM calls concurrently, safely and observably.
 
-Queue :class:`LLMWorkItem` objects on a :class:`ParallelBatchProcessor` and run them with
-:meth:`~ParallelBatchProcessor.process_all`; each item's :class:`LLMCallStrategy` makes the
+Queue `LLMWorkItem` objects on a `ParallelBatchProcessor` and run them with
+`process_all`; each item's `LLMCallStrategy` makes the
 call. Retries, shared rate-limit cooldowns, token accounting, middleware and observers are
 handled by the processor.
 """

@@ -1,9 +1,9 @@
 """Strategies: how one work item becomes one LLM call.
 
-Subclass :class:`LLMCallStrategy` and implement :meth:`~LLMCallStrategy.execute`; the
+Subclass `LLMCallStrategy` and implement `execute`; the
 processor calls the other hooks at the points described on each method. Two strategies are
-built in: :class:`GeminiStrategy` (an :class:`~async_batch_llm.LLMModel` plus a response
-parser) and :class:`PydanticAIStrategy` (a pydantic-ai agent).
+built in: `GeminiStrategy` (an `LLMModel` plus a response
+parser) and `PydanticAIStrategy` (a pydantic-ai agent).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ _USAGE_COUNT_NAMES: Final = (
 class LLMCallStrategy(ABC, Generic[TOutput]):
     """How to call a model for one work item.
 
-    The processor calls :meth:`prepare` once per strategy instance before its first attempt,
-    :meth:`execute` once per attempt, :meth:`on_error` after every failed attempt,
-    :meth:`dry_run` instead of :meth:`execute` when ``ProcessorConfig.dry_run`` is set, and
-    :meth:`cleanup` once per prepared instance when the processor shuts down.
+    The processor calls `prepare` once per strategy instance before its first attempt,
+    `execute` once per attempt, `on_error` after every failed attempt,
+    `dry_run` instead of `execute` when ``ProcessorConfig.dry_run`` is set, and
+    `cleanup` once per prepared instance when the processor shuts down.
     """
 
     async def prepare(self) -> None:
@@ -78,15 +78,15 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
             prompt: The work item's prompt.
             attempt: 1 for the first call of the item, then 2, 3, ... (rate-limited calls count).
             timeout: The per-attempt deadline the processor enforces, in seconds.
-            state: The item's :class:`RetryState`, shared by all of its attempts.
+            state: The item's `RetryState`, shared by all of its attempts.
 
         To have the tokens of a failed call counted, store its usage dict on the exception as
         ``exc.__dict__["_failed_token_usage"]`` (or raise
-        :class:`~async_batch_llm.TokenTrackingError` from it).
+        `TokenTrackingError` from it).
         """
 
     async def cleanup(self) -> None:
-        """Release what :meth:`prepare` set up. Called once per prepared instance."""
+        """Release what `prepare` set up. Called once per prepared instance."""
 
     async def on_error(
         self, exception: Exception, attempt: int, state: RetryState | None = None
@@ -96,7 +96,7 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
     def rate_limit_scope(self) -> RateScope | None:
         """The provider, API key and model this strategy's calls count against.
 
-        Used by :class:`~async_batch_llm.rate_control.AdaptiveRateLimitStrategy` to pace and
+        Used by `AdaptiveRateLimitStrategy` to pace and
         pause each scope on its own. ``None`` (the default) gives every strategy class one
         scope of its own.
         """
@@ -120,7 +120,7 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
 def _record_failed_usage(exc: Exception, usage: TokenUsage) -> None:
     """Attach ``usage`` to ``exc`` as ``_failed_token_usage`` (the 0.7.2 convention).
 
-    An exception without a ``__dict__`` cannot carry it: a :class:`TokenTrackingError`
+    An exception without a ``__dict__`` cannot carry it: a `TokenTrackingError`
     chained from it is raised instead. Called inside the ``except`` block that re-raises.
     """
     attributes = getattr(exc, "__dict__", None)
@@ -130,12 +130,12 @@ def _record_failed_usage(exc: Exception, usage: TokenUsage) -> None:
 
 
 class GeminiStrategy(LLMCallStrategy[TOutput]):
-    """Calls an :class:`~async_batch_llm.LLMModel` (e.g. ``GeminiModel``) and parses its reply.
+    """Calls an `LLMModel` (e.g. ``GeminiModel``) and parses its reply.
 
     Args:
         model: Generates the response; a ``ManagedLLMModel`` (e.g. ``GeminiCachedModel``) is
             prepared and cleaned up with the strategy.
-        response_parser: Turns the :class:`~async_batch_llm.LLMResponse` into the output.
+        response_parser: Turns the `LLMResponse` into the output.
             When it raises, the tokens the call used are recorded on its exception, so a
             retried parse failure still counts them.
         temperature: Passed to every ``generate`` call.
@@ -216,7 +216,7 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
 
     Args:
         agent: The agent. Any object with ``async run(prompt)`` returning a result with
-            ``output`` and ``usage`` works (e.g. :class:`~async_batch_llm.testing.MockAgent`).
+            ``output`` and ``usage`` works (e.g. `MockAgent`).
         sdk_retries: Let the provider SDK retry failed requests inside a run.
 
     Raises:

@@ -1,10 +1,10 @@
-"""Google Gemini models for :class:`~async_batch_llm.GeminiStrategy` (needs ``google-genai``).
+"""Google Gemini models for `GeminiStrategy` (needs ``google-genai``).
 
-* :class:`GeminiModel` sends each prompt to ``client.aio.models.generate_content``.
-* :class:`GeminiCachedModel` does the same against a provider-side context cache (a long shared
+* `GeminiModel` sends each prompt to ``client.aio.models.generate_content``.
+* `GeminiCachedModel` does the same against a provider-side context cache (a long shared
   prefix such as a document), which it finds by tags or creates in ``prepare()`` and renews
   before it expires.
-* :func:`gemini_client` builds a ``google.genai.Client`` suited to both: requests go through
+* `gemini_client` builds a ``google.genai.Client`` suited to both: requests go through
   httpx2, and the client makes one attempt per request.
 
 SDK retries: google-genai can retry failed requests itself (``HttpOptions.retry_options``,
@@ -176,7 +176,7 @@ def gemini_client(
         api_key: The Gemini API key; ``None`` lets google-genai read ``GOOGLE_API_KEY`` or
             ``GEMINI_API_KEY``.
         base_url: Send requests here instead of Google's endpoint, e.g. a
-            :class:`~async_batch_llm.testing.simulator.ProviderSimulator`'s
+            `ProviderSimulator`'s
             ``gemini_base_url``.
         http_client: The ``httpx2.AsyncClient`` to send async requests with; by default the
             client creates (and closes) its own.
@@ -210,7 +210,7 @@ def _single_attempt_http_options() -> dict[str, Any]:
 async def _generate(
     client: Any, model: str, contents: Any, call_config: dict[str, Any]
 ) -> LLMResponse:
-    """One ``generate_content`` call turned into an :class:`LLMResponse`."""
+    """One ``generate_content`` call turned into an `LLMResponse`."""
     response = await client.aio.models.generate_content(
         model=model, contents=contents, config=call_config
     )
@@ -319,7 +319,7 @@ class GeminiCachedModel:
     refers to that cache. With ``auto_renew``, a cache within
     ``cache_renewal_buffer_seconds`` of expiry is replaced first, once, however many calls
     are in flight. ``cleanup()`` keeps the cache for reuse until its TTL ends;
-    :meth:`delete_cache` removes it.
+    `delete_cache` removes it.
 
     Args:
         model: The model name, e.g. ``"gemini-2.5-flash"``.
@@ -572,7 +572,7 @@ class GeminiCachedModel:
             self._prepared = True
 
     async def cleanup(self) -> None:
-        """Keep the cache for reuse by later runs until its TTL ends (see :meth:`delete_cache`)."""
+        """Keep the cache for reuse by later runs until its TTL ends (see `delete_cache`)."""
         name = self.cache_name
         if name is not None:
             logger.info("Keeping Gemini cache %s for reuse until it expires", name)

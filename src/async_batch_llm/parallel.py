@@ -73,7 +73,7 @@ class ParallelBatchProcessor(
 ):
     """Run many work items concurrently with retries, rate control and events.
 
-    Typical use::
+    Typical use:
 
         config = ProcessorConfig(max_workers=10, timeout_per_item=60.0)
         async with ParallelBatchProcessor(config=config) as processor:

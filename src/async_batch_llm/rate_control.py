@@ -1,7 +1,7 @@
 """Rate control that rides each provider's real limit instead of pausing for a fixed cooldown.
 
-Pass an :class:`AdaptiveRateLimitStrategy` as the processor's rate-limit strategy. Limits are
-tracked per :class:`RateScope` (provider + API key + model), so a 429 pauses only its own
+Pass an `AdaptiveRateLimitStrategy` as the processor's rate-limit strategy. Limits are
+tracked per `RateScope` (provider + API key + model), so a 429 pauses only its own
 scope. Within a scope, calls are paced smoothly to the requests-per-minute and
 tokens-per-minute budgets, which come, in order of preference, from:
 
@@ -14,9 +14,9 @@ tokens-per-minute budgets, which come, in order of preference, from:
 
 A server's retry hint (``retry-after``, Gemini ``RetryInfo``) pauses the scope for exactly that
 long. An exhausted hard quota (e.g. OpenAI ``insufficient_quota``, a Gemini per-day quota)
-makes every later call in the scope fail at once with :class:`QuotaExhaustedError`.
+makes every later call in the scope fail at once with `QuotaExhaustedError`.
 
-To let the controller see headers on successes too, build the SDK's HTTP client with the hook::
+To let the controller see headers on successes too, build the SDK's HTTP client with the hook:
 
     import httpx2
     import openai
@@ -25,7 +25,7 @@ To let the controller see headers on successes too, build the SDK's HTTP client 
     http_client = httpx2.AsyncClient(event_hooks=httpx_event_hooks())
     client = openai.AsyncOpenAI(http_client=http_client)
 
-or add it to a client you already have with :func:`instrument`.
+or add it to a client you already have with `instrument`.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
     """Per-scope pacing to the provider's real limits, read from headers, configured or learned.
 
     Use it as ``RateLimitConfig``'s / the processor's rate-limit strategy. It holds a
-    :attr:`controller` that admits every attempt; the cooldown methods of
-    :class:`RateLimitStrategy` are kept for compatibility: :meth:`on_rate_limit` answers the
-    longest current scope pause and :meth:`should_apply_slow_start` never slows items down.
+    `controller` that admits every attempt; the cooldown methods of
+    `RateLimitStrategy` are kept for compatibility: `on_rate_limit` answers the
+    longest current scope pause and `should_apply_slow_start` never slows items down.
 
     Args:
         rpm: The provider's requests-per-minute limit, if known; applied to every scope
@@ -89,7 +89,7 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
         burst_seconds: How many seconds of the pace may go at once (at least one call), so
             that providers enforcing their limit per second are not overrun.
         clock: Monotonic seconds (default: the running event loop's clock); for tests.
-        sleep: Async sleep (default :func:`asyncio.sleep`); injectable for tests.
+        sleep: Async sleep (default `asyncio.sleep`); injectable for tests.
 
     Raises:
         ValueError: If an option is out of range; the message names it and the fix.

@@ -25,7 +25,7 @@ __all__ = ["AttemptDeadline"]
 class AttemptDeadline:
     """Deadline for the step the owning task is running now.
 
-    Create it inside the task that owns it. Usage::
+    Create it inside the task that owns it. Usage:
 
         deadline.arm(seconds)
         try:

@@ -171,6 +171,7 @@ class ItemRunner:
         self.dispatcher = dispatcher
         self.admission = admission
         self.lifecycle = lifecycle
+        self._prepared_ids = lifecycle.prepared_ids
         self.retry_policy = RetryPolicy(config.retry)
         self.token_extractor = TokenExtractor()
         self.usage = UsageNormalizer()
@@ -196,7 +197,7 @@ class ItemRunner:
         ``_failed_token_usage``. Permanent errors still give a failed result.
         """
         strategy = item.strategy
-        if id(strategy) not in self.lifecycle.prepared_ids:
+        if id(strategy) not in self._prepared_ids:
             try:
                 await self.lifecycle.ensure_prepared(strategy)
             except Exception as exc:
@@ -287,7 +288,7 @@ class ItemRunner:
         Returns the success (or middleware-skip) result, or the classified failure.
         """
         dispatcher = self.dispatcher
-        observed = bool(dispatcher.observers)
+        observed = dispatcher.observers
         start = time.monotonic()
         if observed:
             dispatcher.publish(

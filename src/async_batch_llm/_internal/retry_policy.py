@@ -63,7 +63,7 @@ class RetryPolicy:
         return float(self._wait(state))
 
     def wait_for(self, exc: BaseException, info: ErrorInfo, failed_attempts: int) -> float:
-        """The wait before the next attempt: none for validation errors, else :meth:`backoff`."""
+        """The wait before the next attempt: none for validation errors, else `backoff`."""
         if is_validation_error(exc, info):
             return 0.0
         return self.backoff(failed_attempts)

@@ -1,6 +1,6 @@
 """An error classifier tuned for Google Gemini (google-genai) and pydantic-ai errors.
 
-Unlike :class:`~async_batch_llm.DefaultErrorClassifier`, it reads the HTTP status of
+Unlike `DefaultErrorClassifier`, it reads the HTTP status of
 google-genai's ``APIError`` (and pydantic-ai's ``ModelHTTPError``) before the message, so a
 400 is permanent even when its text mentions a quota, and a 5xx is retried.
 """
@@ -83,7 +83,7 @@ def _message_of(exception: BaseException) -> str:
 class GeminiErrorClassifier(ErrorClassifier):
     """Classifies Gemini errors; the first matching rule wins.
 
-    1. :class:`~async_batch_llm.FrameworkTimeoutError`: retryable, ``framework_timeout``.
+    1. `FrameworkTimeoutError`: retryable, ``framework_timeout``.
     2. A hard quota used up (a per-day Gemini quota, OpenAI ``insufficient_quota``):
        permanent, ``quota_exhausted``, not a rate limit (a cooldown would not help).
     3. An HTTP error with a status (google-genai ``APIError.code``, pydantic-ai
@@ -92,14 +92,14 @@ class GeminiErrorClassifier(ErrorClassifier):
        any other 4xx is permanent (``client_error``).
     4. pydantic-ai ``UnexpectedModelBehavior`` (e.g. output that failed validation after the
        agent's own output retries): retryable at once, ``validation_error``.
-    5. A rate-limit phrase (:data:`RATE_LIMIT_PATTERNS`) in the message: rate limit.
-    6. A timeout phrase (:data:`TIMEOUT_PATTERNS`) in the message: retryable, ``timeout``.
-    7. Anything else as :class:`~async_batch_llm.DefaultErrorClassifier`.
+    5. A rate-limit phrase (`RATE_LIMIT_PATTERNS`) in the message: rate limit.
+    6. A timeout phrase (`TIMEOUT_PATTERNS`) in the message: retryable, ``timeout``.
+    7. Anything else as `DefaultErrorClassifier`.
 
     Rate limits are reported with ``is_retryable=False``: the processor still retries them
     after the shared cooldown, without spending one of ``retry.max_attempts``.
     ``suggested_wait`` is the server's retry hint when the error carries one (``Retry-After``
-    header, Gemini ``RetryInfo``), else :data:`DEFAULT_RATE_LIMIT_WAIT`.
+    header, Gemini ``RetryInfo``), else `DEFAULT_RATE_LIMIT_WAIT`.
     """
 
     def __init__(self) -> None:

@@ -1,7 +1,7 @@
 """Structural types for what users plug in: agents, their results, and LLM models.
 
 Any object with the right methods qualifies; nothing needs to inherit from these.
-:class:`LLMModel` and :class:`ManagedLLMModel` are runtime-checkable, so
+`LLMModel` and `ManagedLLMModel` are runtime-checkable, so
 ``isinstance(model, ManagedLLMModel)`` tells whether a model needs ``prepare``/``cleanup``.
 """
 
@@ -87,9 +87,9 @@ class LLMModel(Protocol):
 
 @runtime_checkable
 class ManagedLLMModel(LLMModel, Protocol):
-    """An :class:`LLMModel` that holds resources (e.g. a provider-side context cache).
+    """An `LLMModel` that holds resources (e.g. a provider-side context cache).
 
-    The owning strategy calls :meth:`prepare` before the first call and :meth:`cleanup`
+    The owning strategy calls `prepare` before the first call and `cleanup`
     at shutdown; both must be safe to call more than once.
     """
 

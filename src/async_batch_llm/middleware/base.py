@@ -16,7 +16,7 @@ __all__ = ["BaseMiddleware", "Middleware"]
 
 
 class Middleware(ABC, Generic[TInput, TOutput, TContext]):
-    """Interface of a middleware; subclass :class:`BaseMiddleware` to override only some hooks.
+    """Interface of a middleware; subclass `BaseMiddleware` to override only some hooks.
 
     An exception raised by a hook is logged and ignored, so a broken middleware never loses
     an item; ``asyncio.CancelledError`` is not caught.

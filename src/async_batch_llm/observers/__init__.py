@@ -1,4 +1,4 @@
-"""Observers that receive the processor's events, and the built-in :class:`MetricsObserver`."""
+"""Observers that receive the processor's events, and the built-in `MetricsObserver`."""
 
 from __future__ import annotations
 

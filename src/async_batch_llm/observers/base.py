@@ -25,7 +25,7 @@ class ProcessingEvent(Enum):
 
 
 class ProcessorObserver(ABC):
-    """Interface of an observer; subclass :class:`BaseObserver` for a no-op default.
+    """Interface of an observer; subclass `BaseObserver` for a no-op default.
 
     Observers are called one after another, each with a time limit; one that raises or
     overruns is logged and skipped without affecting the batch.

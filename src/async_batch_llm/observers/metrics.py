@@ -119,7 +119,7 @@ class MetricsObserver(BaseObserver):
                 } | {"limit_source": data.get("limit_source")}
 
     async def get_metrics(self) -> dict[str, Any]:
-        """Return a snapshot of :attr:`metrics` with derived values.
+        """Return a snapshot of `metrics` with derived values.
 
         ``processing_times`` holds the kept duration samples (oldest first);
         ``avg_processing_time`` is the mean over all recorded durations and
@@ -140,14 +140,14 @@ class MetricsObserver(BaseObserver):
         return snapshot
 
     def reset(self) -> None:
-        """Forget everything recorded so far (the :attr:`metrics` dict is reset in place)."""
+        """Forget everything recorded so far (the `metrics` dict is reset in place)."""
         self.metrics.clear()
         self.metrics.update(_initial_metrics())
         self._processing_times.clear()
         self.rate_limit_scopes.clear()
 
     async def export_dict(self) -> dict[str, Any]:
-        """Return the same snapshot as :meth:`get_metrics`."""
+        """Return the same snapshot as `get_metrics`."""
         return await self.get_metrics()
 
     async def export_json(self) -> str:

@@ -1,6 +1,6 @@
 """Framework exceptions and error classification.
 
-Exceptions raised by the framework itself::
+Exceptions raised by the framework itself:
 
     Exception
     ├── TokenTrackingError        a failure that still cost tokens (carries the usage)
@@ -222,7 +222,7 @@ def error_info(
     timeout: bool = False,
     suggested_wait: float | None = None,
 ) -> ErrorInfo:
-    """An :class:`ErrorInfo` written as one row of a classifier's rule table."""
+    """An `ErrorInfo` written as one row of a classifier's rule table."""
     return ErrorInfo(
         is_retryable=retryable,
         is_rate_limit=rate_limit,

@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 class RateLimitStrategy(ABC):
     """Decides the shared cooldown after a rate limit and the pacing of the items after it.
 
-    The processor calls :meth:`on_rate_limit` once per cooldown (by the worker that
-    coordinates it) and :meth:`should_apply_slow_start` for each item dequeued after a
+    The processor calls `on_rate_limit` once per cooldown (by the worker that
+    coordinates it) and `should_apply_slow_start` for each item dequeued after a
     cooldown until it answers ``False``.
     """
 
@@ -155,7 +155,7 @@ class FixedDelayStrategy(RateLimitStrategy):
     Args:
         cooldown: Seconds of every cooldown; ``>= 0``.
         delay_between_requests: Delay before each item after the first cooldown; ``>= 0``.
-            Stored as :attr:`delay`.
+            Stored as `delay`.
 
     Raises:
         ValueError: If an argument is negative.
@@ -168,7 +168,7 @@ class FixedDelayStrategy(RateLimitStrategy):
         self.delay = delay_between_requests
 
     async def on_rate_limit(self, worker_id: int, consecutive_limit_count: int) -> float:
-        """Return :attr:`cooldown`, whatever the count."""
+        """Return `cooldown`, whatever the count."""
         logger.info(
             "Rate limit #%d reported by worker %d: cooling down for %.1fs",
             consecutive_limit_count,

@@ -22,7 +22,7 @@ _TIMEOUT_SLEEP_SECONDS = 999
 
 
 class ClientError(Exception):
-    """The simulated rate-limit error of :class:`MockAgent`: ``429 RESOURCE_EXHAUSTED``.
+    """The simulated rate-limit error of `MockAgent`: ``429 RESOURCE_EXHAUSTED``.
 
     Named like google-genai's ``ClientError`` so that name- and message-based error
     classifiers treat it as a provider rate limit; it is not that class.
@@ -30,7 +30,7 @@ class ClientError(Exception):
 
 
 class MockUsage:
-    """Token usage of a :class:`MockResult`, shaped like pydantic-ai's legacy usage object."""
+    """Token usage of a `MockResult`, shaped like pydantic-ai's legacy usage object."""
 
     def __init__(self, request_tokens: int = 100, response_tokens: int = 50) -> None:
         self.request_tokens = request_tokens
@@ -39,7 +39,7 @@ class MockUsage:
 
 
 class MockResult(Generic[TOutput]):
-    """The result of one :meth:`MockAgent.run` call: an ``output`` and its usage."""
+    """The result of one `MockAgent.run` call: an ``output`` and its usage."""
 
     def __init__(self, output: TOutput, usage_info: MockUsage | None = None) -> None:
         self.output = output

@@ -10,7 +10,7 @@ __all__ = ["mock_strategy"]
 
 
 def mock_strategy(mock_agent: MockAgent[TOutput]) -> PydanticAIStrategy[TOutput]:
-    """A :class:`~async_batch_llm.PydanticAIStrategy` running ``mock_agent``.
+    """A `PydanticAIStrategy` running ``mock_agent``.
 
     Like ``PydanticAIStrategy`` itself, it needs pydantic-ai to be installed.
 

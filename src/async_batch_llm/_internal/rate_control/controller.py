@@ -1,10 +1,10 @@
 """The rate controller: per-scope admission for every attempt, and the httpx response hook.
 
 Per attempt the caller runs ``ticket = await controller.admit(scope, estimated_tokens)``, makes
-the call with the ticket active (:func:`active_ticket`), then reports exactly one outcome:
-:meth:`~RateController.complete`, :meth:`~RateController.rate_limited`,
-:meth:`~RateController.failed`, :meth:`~RateController.quota_exhausted` or
-:meth:`~RateController.release`.
+the call with the ticket active (`active_ticket`), then reports exactly one outcome:
+`complete`, `rate_limited`,
+`failed`, `quota_exhausted` or
+`release`.
 
 Response headers reach the controller through an httpx event hook: SDK clients (OpenAI,
 Anthropic, google-genai, pydantic-ai providers) all send through an ``httpx2.AsyncClient``,
@@ -218,7 +218,7 @@ def loop_time() -> float:
 
 
 class RateController:
-    """Admits calls per :class:`RateScope` and learns from their outcomes.
+    """Admits calls per `RateScope` and learns from their outcomes.
 
     Scopes are created on first use and are independent: a 429 pauses only its own.
 
@@ -337,7 +337,7 @@ class RateController:
     def rate_limited(self, ticket: Ticket, retry_after: float | None = None) -> float:
         """The call got a 429: pause its scope (``retry_after`` seconds if the server said).
 
-        Returns the seconds until the scope admits again. The next :meth:`admit` waits for
+        Returns the seconds until the scope admits again. The next `admit` waits for
         it, so the caller need not sleep.
         """
         state = self.scope_state(ticket.scope)

@@ -27,11 +27,11 @@ class Pacer:
     """Spaces bookings to ``rate`` units per second, letting ``burst`` units go at once.
 
     All methods take the current time as ``now`` (seconds on any monotonic clock) and never
-    sleep: :meth:`reserve` books capacity and answers how long the caller must wait.
+    sleep: `reserve` books capacity and answers how long the caller must wait.
 
     Args:
         rate: Units per second; ``None`` means unlimited (every booking goes at once).
-        burst: Units that may go at once after a quiet period; default :func:`default_burst`.
+        burst: Units that may go at once after a quiet period; default `default_burst`.
         now: The time the pacer starts, with its full burst available.
 
     Raises:
@@ -56,7 +56,7 @@ class Pacer:
 
     @property
     def credit(self) -> float:
-        """Spare units granted by :meth:`sync`, spent by bookings they let go at once."""
+        """Spare units granted by `sync`, spent by bookings they let go at once."""
         return self._credit
 
     def available(self, now: float) -> float:
@@ -88,7 +88,7 @@ class Pacer:
         return delay
 
     def _delay(self, cost: float, now: float) -> float:
-        """The wait :meth:`reserve` would answer for ``cost`` (limited pacer), booking nothing."""
+        """The wait `reserve` would answer for ``cost`` (limited pacer), booking nothing."""
         rate = self.rate
         if rate is None:
             return 0.0
@@ -106,7 +106,7 @@ class Pacer:
         """Change the pace; what may go at once is kept (up to the new burst).
 
         Work booked beyond that is paid off at the new rate, and a larger burst fills up at
-        the new rate rather than at once. ``burst`` defaults to :func:`default_burst` of the
+        the new rate rather than at once. ``burst`` defaults to `default_burst` of the
         new rate.
         """
         if rate is not None:
@@ -140,7 +140,7 @@ class Pacer:
             self._tat = max(self._tat, at + max(0.0, self._burst - available) / self.rate)
 
     def clear_credit(self) -> None:
-        """Forget the credit from :meth:`sync` (the provider's word no longer holds)."""
+        """Forget the credit from `sync` (the provider's word no longer holds)."""
         self._credit = 0.0
 
     def sync(self, available: float, now: float, *, refill_within: float | None = None) -> None:

@@ -78,7 +78,7 @@ class RateScope:
     """Where a rate limit applies: one provider, one API key, one model.
 
     A 429 pauses only its own scope. ``key_id`` identifies the key without revealing it; build
-    it with :meth:`from_api_key`.
+    it with `from_api_key`.
 
     Attributes:
         provider: The provider's name, e.g. ``"openai"``.

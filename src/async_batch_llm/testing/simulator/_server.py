@@ -63,7 +63,7 @@ class ProviderSimulator:
     """A local HTTP server speaking OpenAI, Anthropic and Gemini for the real SDK clients.
 
     Use it as an async context manager; it binds ``host`` (127.0.0.1) on ``port`` (0 picks a
-    free one) and serves in the running event loop::
+    free one) and serves in the running event loop:
 
         async with ProviderSimulator(SimulatorConfig(rpm=60)) as sim:
             client = AsyncOpenAI(base_url=sim.openai_base_url, api_key="k", max_retries=0)
