@@ -224,7 +224,7 @@ def test_readme_links_point_at_existing_files() -> None:
 
 
 def docstring_snippets() -> list[tuple[str, str]]:
-    """Literal blocks (after a line ending in ``::``) of every public docstring."""
+    """The fenced Python blocks of every public docstring."""
     snippets: list[tuple[str, str]] = []
     seen: set[int] = set()
     for module in public_modules():
@@ -259,20 +259,11 @@ def own_docstring(obj: object) -> str | None:
 
 
 def literal_blocks(doc: str) -> list[str]:
+    """The fenced ```python blocks of a docstring (how mkdocstrings renders code)."""
     blocks = []
-    lines = doc.splitlines()
-    for index, line in enumerate(lines):
-        if not line.rstrip().endswith("::"):
-            continue
-        base = len(line) - len(line.lstrip())
-        body: list[str] = []
-        for following in lines[index + 1 :]:
-            indent = len(following) - len(following.lstrip())
-            if following.strip() and indent <= base:
-                break
-            body.append(following)
-        if any(part.strip() for part in body):
-            blocks.append(textwrap.dedent("\n".join(body)).strip("\n"))
+    for match in FENCE.finditer(textwrap.dedent(doc)):
+        if match.group("lang") in ("python", "py"):
+            blocks.append(textwrap.dedent(match.group("body")).strip("\n"))
     return blocks
 
 

@@ -75,11 +75,13 @@ class ParallelBatchProcessor(
 
     Typical use:
 
-        config = ProcessorConfig(max_workers=10, timeout_per_item=60.0)
-        async with ParallelBatchProcessor(config=config) as processor:
-            for item in items:
-                await processor.add_work(item)
-            result = await processor.process_all()
+    ```python
+    config = ProcessorConfig(max_workers=10, timeout_per_item=60.0)
+    async with ParallelBatchProcessor(config=config) as processor:
+        for item in items:
+            await processor.add_work(item)
+        result = await processor.process_all()
+    ```
 
     Every accepted item ends in exactly one `WorkItemResult`, whatever a strategy, hook,
     observer or callback does; only cancelling `process_all` (and ``KeyboardInterrupt`` /

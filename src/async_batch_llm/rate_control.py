@@ -18,12 +18,14 @@ makes every later call in the scope fail at once with `QuotaExhaustedError`.
 
 To let the controller see headers on successes too, build the SDK's HTTP client with the hook:
 
-    import httpx2
-    import openai
-    from async_batch_llm.rate_control import httpx_event_hooks
+```python
+import httpx2
+import openai
+from async_batch_llm.rate_control import httpx_event_hooks
 
-    http_client = httpx2.AsyncClient(event_hooks=httpx_event_hooks())
-    client = openai.AsyncOpenAI(http_client=http_client)
+http_client = httpx2.AsyncClient(event_hooks=httpx_event_hooks())
+client = openai.AsyncOpenAI(http_client=http_client)
+```
 
 or add it to a client you already have with `instrument`.
 """

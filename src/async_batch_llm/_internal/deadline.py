@@ -27,16 +27,18 @@ class AttemptDeadline:
 
     Create it inside the task that owns it. Usage:
 
-        deadline.arm(seconds)
-        try:
-            result = await call()
-        except BaseException:
-            if deadline.disarm():  # True: the deadline, not someone else, cancelled us
-                raise TimeoutError from None
-            raise
-        deadline.disarm()
-        ...
-        deadline.close()  # when the task is done with it
+    ```python
+    deadline.arm(seconds)
+    try:
+        result = await call()
+    except BaseException:
+        if deadline.disarm():  # True: the deadline, not someone else, cancelled us
+            raise TimeoutError from None
+        raise
+    deadline.disarm()
+    ...
+    deadline.close()  # when the task is done with it
+    ```
 
     Args:
         on_stuck: Called (from the event loop, not from the task) when a step is still

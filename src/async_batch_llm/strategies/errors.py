@@ -2,12 +2,14 @@
 
 Exceptions raised by the framework itself:
 
-    Exception
-    ├── TokenTrackingError        a failure that still cost tokens (carries the usage)
-    └── CallInterruptedError      a call ended with a BaseException that is not an error
-    TimeoutError
-    ├── FrameworkTimeoutError     the framework's own per-attempt deadline expired
-    └── HookTimeoutError          a user hook (middleware, prepare, ...) overran its bound
+```text
+Exception
+├── TokenTrackingError        a failure that still cost tokens (carries the usage)
+└── CallInterruptedError      a call ended with a BaseException that is not an error
+TimeoutError
+├── FrameworkTimeoutError     the framework's own per-attempt deadline expired
+└── HookTimeoutError          a user hook (middleware, prepare, ...) overran its bound
+```
 
 An `ErrorClassifier` turns any exception raised by a strategy into an `ErrorInfo` that
 tells the processor whether to retry, cool down, or give up. A `TokenTrackingError` is

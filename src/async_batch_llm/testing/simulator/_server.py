@@ -65,8 +65,10 @@ class ProviderSimulator:
     Use it as an async context manager; it binds ``host`` (127.0.0.1) on ``port`` (0 picks a
     free one) and serves in the running event loop:
 
-        async with ProviderSimulator(SimulatorConfig(rpm=60)) as sim:
-            client = AsyncOpenAI(base_url=sim.openai_base_url, api_key="k", max_retries=0)
+    ```python
+    async with ProviderSimulator(SimulatorConfig(rpm=60)) as sim:
+        client = AsyncOpenAI(base_url=sim.openai_base_url, api_key="k", max_retries=0)
+    ```
 
     Each API key (per provider, and per model with ``limits_per_model``) gets its own
     continuously refilling requests and tokens buckets (see `SimulatorConfig`). A generation
