@@ -304,3 +304,20 @@ def test_docstrings_have_no_sphinx_roles() -> None:
             if SPHINX_ROLE.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_install_instructions_install_this_project() -> None:
+    """`pip install async-batch-llm` fetches upstream from PyPI: no page tells users to."""
+    offenders = []
+    for path in MARKDOWN:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            command = re.search(r"pip install\s+['\"]?async-batch-llm", line)
+            if command and "upstream" not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_version_is_not_one_of_upstreams() -> None:
+    """The version is calendar based, so it never equals an upstream 0.x release."""
+    major = int(async_batch_llm.__version__.split(".")[0])
+    assert major >= 2026

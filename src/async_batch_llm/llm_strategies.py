@@ -229,7 +229,7 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
         if _pydantic_ai_missing():
             msg = (
                 "pydantic-ai is required for PydanticAIStrategy: install it with "
-                "`pip install 'async-batch-llm[pydantic-ai]'`"
+                "`pip install 'pydantic-ai-slim[openai,anthropic,google]'`"
             )
             raise ImportError(msg)
         self.agent = agent

@@ -60,7 +60,7 @@ if not TYPE_CHECKING:
 _TAG_DISPLAY_NAME_PREFIX: Final = "abl-tags:"
 
 _GENAI_REQUIRED = (
-    "google-genai is required for {name}: install it with `pip install 'async-batch-llm[gemini]'`"
+    "google-genai is required for {name}: install it with `pip install google-genai`"
 )
 
 _EMPTY_RESPONSE = "Empty response from model"

@@ -1,6 +1,6 @@
 """A live progress bar for any batch, drawn with [rich](https://rich.readthedocs.io).
 
-Needs the `progress` extra (`pip install 'async-batch-llm[progress]'`); importing this
+Needs the `progress` extra (`pip install rich`); importing this
 module without rich raises `ImportError`. Attach the observer to a processor:
 
 ```python
@@ -53,7 +53,7 @@ try:
 except ImportError as exc:  # rich is an optional extra
     _msg = (
         "rich is required for async_batch_llm.observers.progress (RichProgressObserver): "
-        "install it with `pip install 'async-batch-llm[progress]'`"
+        "install it with `pip install rich`"
     )
     raise ImportError(_msg) from exc
 

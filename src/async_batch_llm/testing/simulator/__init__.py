@@ -9,7 +9,7 @@ server errors at a seeded rate and counts what it served in `SimulatorStats`.
 
 Run it standalone with ``python -m async_batch_llm.testing.simulator --help``.
 
-It needs aiohttp: ``pip install 'async-batch-llm[simulator]'``.
+It needs aiohttp: ``pip install aiohttp``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     _msg = (
         "async_batch_llm.testing.simulator needs aiohttp, which is not installed; "
-        "install it with: pip install 'async-batch-llm[simulator]'"
+        "install it with: pip install aiohttp"
     )
     raise ImportError(_msg, name="aiohttp") from exc
 
