@@ -8,7 +8,6 @@ handled by the processor.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TypeVar
 
 # Submodules are attributes of the package (``from async_batch_llm import models`` works).
@@ -62,10 +61,22 @@ from async_batch_llm.strategies import (
     TokenTrackingError,
 )
 
-try:
-    __version__ = version("async-batch-llm")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+dev"
+
+def __getattr__(name: str) -> str:
+    # ``__version__`` on first use: importlib.metadata costs more to import than the rest of
+    # the package's own modules.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("async-batch-llm")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            found = "0.0.0+dev"
+        globals()["__version__"] = found
+        return found
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 _T = TypeVar("_T")
 

@@ -12,33 +12,34 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from async_batch_llm._internal.optional import loaded
 from async_batch_llm._internal.rate_control.scope import RateScope
 from async_batch_llm._internal.usage import FAILED_USAGE_ATTR, add_usage, usage_of_object
 from async_batch_llm._internal.values import LLMResponse, RetryState, TokenUsage
 from async_batch_llm.core.protocols import AgentLike, LLMModel, ManagedLLMModel
 from async_batch_llm.strategies.errors import TokenTrackingError
 
-try:
-    from pydantic_ai import Agent, capture_run_messages
-    from pydantic_ai.agent import AbstractAgent as _AbstractAgent
-except ImportError:  # pydantic-ai is an optional extra
-    Agent = Any  # type: ignore[assignment,misc,unused-ignore]
-    capture_run_messages = None  # type: ignore[assignment,unused-ignore]
-    _AbstractAgent = None  # type: ignore[assignment,misc,unused-ignore]
+if TYPE_CHECKING:
+    from pydantic_ai import Agent
 
-try:
-    # Private in pydantic-ai; without it a model that ignores ``max_retries`` merely warns.
-    from pydantic_ai._unsupported_settings import suppress_warnings as _suppress_warnings
-except ImportError:
-    _suppress_warnings = None  # type: ignore[assignment,unused-ignore]
 
-_suppress_setting_warnings: Callable[..., AbstractContextManager[object]] | None = (
-    _suppress_warnings
-)
+def __getattr__(name: str) -> Any:
+    # ``Agent`` (pydantic-ai's, or ``typing.Any`` without it) is imported on first use:
+    # pydantic-ai takes about a second to import.
+    if name == "Agent":
+        try:
+            from pydantic_ai import Agent as agent_class
+        except ImportError:  # pydantic-ai is an optional extra
+            agent_class = Any  # type: ignore[assignment,misc]
+        globals()["Agent"] = agent_class
+        return agent_class
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 TOutput = TypeVar("TOutput")
 
@@ -235,9 +236,10 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
         self.agent = agent
         self.sdk_retries = sdk_retries
         # The real type, not isinstance: a ``Mock(spec=Agent)`` is not a pydantic-ai agent and
-        # is called with the prompt only.
-        self._is_pydantic_ai_agent = _AbstractAgent is not None and issubclass(
-            type(agent), _AbstractAgent
+        # is called with the prompt only. Its class is loaded: whoever built the agent did.
+        abstract_agent = loaded("pydantic_ai.agent", "AbstractAgent")
+        self._is_pydantic_ai_agent = abstract_agent is not None and issubclass(
+            type(agent), abstract_agent
         )
 
     def rate_limit_scope(self) -> RateScope | None:
@@ -278,6 +280,7 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
 
     async def _run(self, prompt: str) -> Any:
         agent: Any = self.agent
+        capture_run_messages = loaded("pydantic_ai", "capture_run_messages")
         if not self._is_pydantic_ai_agent or capture_run_messages is None:
             return await agent.run(prompt)
         with capture_run_messages() as messages:
@@ -317,7 +320,7 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
 
 def _pydantic_ai_missing() -> bool:
     # Read at call time: tests patch the module-level ``Agent`` to ``typing.Any``.
-    agent_class: object = globals()["Agent"]
+    agent_class: object = globals()["Agent"] if "Agent" in globals() else __getattr__("Agent")
     return agent_class is Any
 
 
@@ -377,6 +380,10 @@ def _usage_of_messages(messages: list[Any]) -> TokenUsage | None:
 def _quiet_unsupported_max_retries() -> AbstractContextManager[object]:
     # ``max_retries=0`` is our default, not the user's choice: models without SDK retries
     # (e.g. Bedrock) ignore it, and need not warn that they do.
-    if _suppress_setting_warnings is None:
+    try:
+        # Private in pydantic-ai; without it a model that ignores ``max_retries`` merely warns.
+        from pydantic_ai._unsupported_settings import suppress_warnings
+    except ImportError:
         return nullcontext()
-    return _suppress_setting_warnings(("max_retries",))
+    quiet: AbstractContextManager[object] = suppress_warnings(("max_retries",))
+    return quiet

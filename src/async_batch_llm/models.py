@@ -37,31 +37,49 @@ if TYPE_CHECKING:
     from google.genai import Client
     from google.genai.types import Content
 
-try:
-    from google import genai as _genai_module
-    from google.genai import types as _genai_types
-except ImportError:  # google-genai is an optional extra
-    _genai_module = None  # type: ignore[assignment,unused-ignore]
-    _genai_types = None  # type: ignore[assignment,unused-ignore]
-
 __all__ = ["GeminiModel", "GeminiCachedModel", "gemini_client"]
 
 logger = logging.getLogger(__name__)
 
-#: The ``google.genai`` module, or ``None`` when google-genai is not installed. Read at call
-#: time by the model constructors.
-genai: ModuleType | None = _genai_module
+if TYPE_CHECKING:
+    #: The ``google.genai`` module, or ``None`` when google-genai is not installed.
+    genai: ModuleType | None
 
-if not TYPE_CHECKING:
-    #: ``google.genai.types.Content`` (the element type of cached contents), or ``typing.Any``.
-    Content = _genai_types.Content if _genai_types is not None else Any
+
+def __getattr__(name: str) -> Any:
+    # ``genai`` and ``Content`` are imported on first use: google-genai takes about a
+    # second to import, and most users of this package never touch Gemini.
+    if name == "genai":
+        return _load_genai()
+    if name == "Content":
+        module = _load_genai()
+        content: Any = Any if module is None else module.types.Content
+        globals()["Content"] = content
+        return content
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def _load_genai() -> ModuleType | None:
+    """``google.genai`` (imported now if need be), or ``None`` without google-genai.
+
+    Once set, the module-level ``genai`` is what counts: tests patch it to ``None``.
+    """
+    if "genai" in globals():
+        module: ModuleType | None = globals()["genai"]
+        return module
+    try:
+        from google import genai as imported
+    except ImportError:  # google-genai is an optional extra
+        imported = None  # type: ignore[assignment]
+    globals()["genai"] = imported
+    return imported
+
 
 #: Marks a cache ``display_name`` that encodes the cache's tags as JSON.
 _TAG_DISPLAY_NAME_PREFIX: Final = "abl-tags:"
 
-_GENAI_REQUIRED = (
-    "google-genai is required for {name}: install it with `pip install google-genai`"
-)
+_GENAI_REQUIRED = "google-genai is required for {name}: install it with `pip install google-genai`"
 
 _EMPTY_RESPONSE = "Empty response from model"
 
@@ -140,14 +158,15 @@ def _extract_metadata(response: Any) -> dict[str, Any] | None:
 
 def _require_genai(name: str) -> ModuleType:
     # Reads the module-level name at call time, so that patching ``models.genai`` to ``None``
-    # simulates a missing install.
-    if genai is None:
+    # makes every model behave as without google-genai.
+    module = _load_genai()
+    if module is None:
         raise ImportError(_GENAI_REQUIRED.format(name=name))
-    return genai
+    return module
 
 
 def _is_genai_client(client: object) -> bool:
-    client_class = getattr(genai, "Client", None)
+    client_class = getattr(_load_genai(), "Client", None)
     return isinstance(client_class, type) and isinstance(client, client_class)
 
 

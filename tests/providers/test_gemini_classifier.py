@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 import pytest
@@ -311,8 +313,8 @@ class TestPlainExceptions:
     def test_patterns_apply_without_google_genai(
         self, classifier: GeminiErrorClassifier, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Message rules do not depend on google-genai being importable."""
-        monkeypatch.setattr(gemini_module, "_GenaiAPIError", None)
+        """Message rules do not depend on google-genai being imported."""
+        monkeypatch.delitem(sys.modules, "google.genai.errors", raising=False)
         assert classifier.classify(Exception("429 Too Many Requests")) == RATE_LIMIT
         assert classifier.classify(RuntimeError("deadline exceeded")) == TIMEOUT
 

@@ -173,4 +173,4 @@ def test_testing_package_imports_without_aiohttp() -> None:
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     assert done.returncode == 0, done.stderr
-    assert "install it with: pip install 'async-batch-llm[simulator]'" in done.stdout
+    assert "install it with: pip install aiohttp" in done.stdout

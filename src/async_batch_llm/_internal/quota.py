@@ -18,12 +18,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from async_batch_llm._internal.exception_chain import exception_chain
+from async_batch_llm._internal.optional import loaded
 from async_batch_llm._internal.rate_control.scope import QuotaExhaustedError
-
-try:
-    from pydantic_ai.exceptions import ModelQuotaExceededError as _PydanticAIQuotaError
-except ImportError:  # pydantic-ai is an optional extra
-    _PydanticAIQuotaError = None  # type: ignore[assignment,misc,unused-ignore]
 
 __all__ = ["QUOTA_EXHAUSTED_CATEGORY", "is_quota_exhausted"]
 
@@ -55,7 +51,8 @@ def is_quota_exhausted(exc: BaseException) -> bool:
 def _reports_exhausted_quota(exc: BaseException) -> bool:
     if isinstance(exc, QuotaExhaustedError):
         return True
-    if _PydanticAIQuotaError is not None and isinstance(exc, _PydanticAIQuotaError):
+    quota_error = loaded("pydantic_ai.exceptions", "ModelQuotaExceededError")
+    if quota_error is not None and isinstance(exc, quota_error):
         return True
     for attribute in ("code", "type", "error_code", "provider_error_code", "provider_error_type"):
         if _is_hard_quota_code(getattr(exc, attribute, None)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from async_batch_llm._internal.optional import loaded
 from async_batch_llm._internal.quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
 from async_batch_llm._internal.retry_hints import retry_after_seconds
 from async_batch_llm.strategies.errors import (
@@ -20,18 +21,6 @@ from async_batch_llm.strategies.errors import (
     error_info,
     unwrap_token_tracking,
 )
-
-try:
-    from google.genai.errors import APIError as _GenaiAPIError
-except ImportError:  # google-genai is an optional extra
-    _GenaiAPIError = None  # type: ignore[assignment,misc,unused-ignore]
-
-try:
-    from pydantic_ai.exceptions import ModelHTTPError as _ModelHTTPError
-    from pydantic_ai.exceptions import UnexpectedModelBehavior as _UnexpectedModelBehavior
-except ImportError:  # pydantic-ai is an optional extra
-    _ModelHTTPError = None  # type: ignore[assignment,misc,unused-ignore]
-    _UnexpectedModelBehavior = None  # type: ignore[assignment,misc,unused-ignore]
 
 __all__ = [
     "GeminiErrorClassifier",
@@ -61,9 +50,12 @@ def _matches_any_pattern(error_str: str, patterns: tuple[str, ...]) -> bool:
 
 def _http_status(exception: Exception) -> int | None:
     """The HTTP status of a google-genai or pydantic-ai HTTP error, else ``None``."""
-    if _GenaiAPIError is not None and isinstance(exception, _GenaiAPIError):
+    # Loaded only if the SDK was: an error of a library nobody imported cannot exist.
+    genai_error = loaded("google.genai.errors", "APIError")
+    http_error = loaded("pydantic_ai.exceptions", "ModelHTTPError")
+    if genai_error is not None and isinstance(exception, genai_error):
         code: object = exception.code
-    elif _ModelHTTPError is not None and isinstance(exception, _ModelHTTPError):
+    elif http_error is not None and isinstance(exception, http_error):
         code = exception.status_code
     else:
         return None
@@ -120,7 +112,8 @@ class GeminiErrorClassifier(ErrorClassifier):
             info = self._classify_status(exception, status, msg)
             if info is not None:
                 return info
-        if _UnexpectedModelBehavior is not None and isinstance(exception, _UnexpectedModelBehavior):
+        unexpected = loaded("pydantic_ai.exceptions", "UnexpectedModelBehavior")
+        if unexpected is not None and isinstance(exception, unexpected):
             return error_info("validation_error", retryable=True)
         if _matches_any_pattern(msg, RATE_LIMIT_PATTERNS):
             return self._rate_limit(exception)
