@@ -70,7 +70,8 @@ class ObserverChannel:
         self._backlog: deque[tuple[ProcessingEvent, dict[str, Any]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._generation = 0
-        self._idle: asyncio.Event | None = None
+        # Resolved when the delivery task is abandoned while `drain` waits for it.
+        self._replaced: asyncio.Future[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -88,16 +89,38 @@ class ObserverChannel:
             self._start()
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the backlog to empty; drop what is left after."""
-        task = self._task
-        if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-            if not done:
-                self._generation += 1
-                self._task = None
-                task.cancel()
-                self.missed += 1  # the event it was busy with
-                await asyncio.wait({task}, timeout=self.grace)
+        """Wait up to `timeout` seconds for the backlog to empty; drop what is left after.
+
+        A delivery task abandoned meanwhile (its event already counted as missed) is not
+        waited for: the wait goes on with the task that replaced it.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while (task := self._task) is not None:
+            remaining = end - loop.time()
+            if remaining > 0:
+                replaced = self._replaced = loop.create_future()
+                try:
+                    await asyncio.wait(
+                        {task, replaced}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    self._replaced = None
+                    replaced.cancel()
+            if self._task is not task:
+                continue  # abandoned and replaced, or finished
+            if task.done():
+                self._task = None  # cancelled before it ran
+                continue
+            if remaining > 0:
+                continue
+            # Out of time: give up on the call the observer is busy with.
+            self._generation += 1
+            self._task = None
+            task.cancel()
+            self.missed += 1  # the event it was busy with
+            await asyncio.wait({task}, timeout=self.grace)
+            break
         if self._backlog:
             self.missed += len(self._backlog)
             self._backlog.clear()
@@ -117,9 +140,11 @@ class ObserverChannel:
         self._generation += 1
         self._task = asyncio.ensure_future(self._deliver(self._generation))
 
-    def _abandon(self) -> None:
+    def _abandon(self, generation: int) -> None:
         # The observer ignored the cancellation of an overrunning call: leave that task to
         # itself and deliver the rest from a new one.
+        if generation != self._generation:
+            return  # `drain` gave up on that task already, and counted its event
         self.missed += 1
         logger.warning(
             "Observer %s ignored the cancellation of a call that overran %ss; that call is "
@@ -132,9 +157,12 @@ class ObserverChannel:
             self._start()
         else:
             self._generation += 1
+        replaced = self._replaced
+        if replaced is not None and not replaced.done():
+            replaced.set_result(None)
 
     async def _deliver(self, generation: int) -> None:
-        deadline = AttemptDeadline(on_stuck=self._abandon, grace=self.grace)
+        deadline = AttemptDeadline(on_stuck=lambda: self._abandon(generation), grace=self.grace)
         backlog = self._backlog
         observer = self.observer
         try:

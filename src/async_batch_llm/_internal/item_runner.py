@@ -573,7 +573,8 @@ def _method(config: ProcessorConfig) -> str:
 
 def _malformed_return(strategy: Any, config: ProcessorConfig, returned: object) -> str:
     if type(returned) is tuple:
-        got = f"a tuple of {len(returned)} item(s)"
+        count = len(returned)
+        got = f"a tuple of {count} item{'' if count == 1 else 's'}"
     else:
         got = f"{type(returned).__name__} {returned!r:.60}"
     return (
