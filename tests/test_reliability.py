@@ -1210,3 +1210,22 @@ class TestMistakes:
                 await processor.add_work(item)
         assert strategy.calls == []
         assert _warnings(caplog, "3 queued item(s) were never processed")
+
+
+class TestConfigEditedAfterConstruction:
+    async def test_rate_limit_settings_edited_later_take_effect(self) -> None:
+        """A config edited after construction is applied at the next batch, not only checked:
+        a cooldown configured later selects the 0.7.2 cooldown, a budget set later is used."""
+        config = ProcessorConfig(max_workers=1)
+        processor = ParallelBatchProcessor[str, str, None](config=config)
+        assert isinstance(processor.rate_limit_strategy, AdaptiveRateLimitStrategy)
+        config.rate_limit.cooldown_seconds = 7.0
+        config.max_requests_per_minute = 120
+        async with processor:
+            await processor.process_all()
+            strategy = processor.rate_limit_strategy
+            assert isinstance(strategy, ExponentialBackoffStrategy)
+            assert strategy.initial_cooldown == 7.0
+            limiter = processor._proactive_rate_limiter
+            assert limiter is not None
+            assert limiter.max_rate == 120

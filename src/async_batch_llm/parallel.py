@@ -154,15 +154,12 @@ class ParallelBatchProcessor(
             progress_callback=progress_callback,
             progress_callback_timeout=config.progress_callback_timeout,
         )
+        # Chosen from the config (and again at each batch, should the config change) unless
+        # the caller passed one.
+        self._strategy_from_config = rate_limit_strategy is None
+        self._forced_cooldown = rate_limit_cooldown is not None
         if rate_limit_strategy is None:
-            wants_cooldown = (
-                rate_limit_cooldown is not None or config.rate_limit.configures_cooldown()
-            )
-            rate_limit_strategy = (
-                ExponentialBackoffStrategy.from_config(config.rate_limit)
-                if wants_cooldown
-                else AdaptiveRateLimitStrategy()
-            )
+            rate_limit_strategy = self._strategy_for(config, None)
         self._dispatcher = EventDispatcher(
             observers or [],
             middlewares or [],
@@ -182,6 +179,7 @@ class ParallelBatchProcessor(
             run_hook=self._run_rare_hook,
         )
         self._limiter = _limiter_for(config.max_requests_per_minute)
+        self._limiter_rpm = config.max_requests_per_minute
         self._runner = ItemRunner(
             config=config,
             classifier=error_classifier
@@ -214,6 +212,7 @@ class ParallelBatchProcessor(
     @rate_limit_strategy.setter
     def rate_limit_strategy(self, strategy: RateLimitStrategy) -> None:
         check_rate_limit_strategy(strategy)
+        self._strategy_from_config = False  # the caller's choice from now on
         self._coordinator.strategy = strategy
         self._runner.admission = self._admission_for(strategy)
 
@@ -279,6 +278,11 @@ class ParallelBatchProcessor(
         self.max_workers = config.max_workers
         self.progress_callback_timeout = config.progress_callback_timeout
         self._runner.reconfigure(config)
+        if self._strategy_from_config:
+            self._coordinator.strategy = self._strategy_for(config, self._coordinator.strategy)
+        if config.max_requests_per_minute != self._limiter_rpm:
+            self._limiter = _limiter_for(config.max_requests_per_minute)
+            self._limiter_rpm = config.max_requests_per_minute
         self._runner.admission = self._admission_for(self._coordinator.strategy)
         self._dispatcher.observer_timeout = config.observer_timeout
         self._dispatcher.grace = config.cancellation_grace
@@ -406,6 +410,17 @@ class ParallelBatchProcessor(
             context=item.context,
             token_usage={},
         )
+
+    def _strategy_for(
+        self, config: ProcessorConfig, current: RateLimitStrategy | None
+    ) -> RateLimitStrategy:
+        """The rate-limit strategy `config` asks for; `current` is kept when it still fits
+        (an adaptive controller keeps what it learned)."""
+        if self._forced_cooldown or config.rate_limit.configures_cooldown():
+            return ExponentialBackoffStrategy.from_config(config.rate_limit)
+        if isinstance(current, AdaptiveRateLimitStrategy):
+            return current
+        return AdaptiveRateLimitStrategy()
 
     def _count_rate_limit(self) -> None:
         self._stats.rate_limit_count += 1

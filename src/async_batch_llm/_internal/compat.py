@@ -40,6 +40,7 @@ class ProcessorCompat:
     _coordinator: RateLimitCoordinator
     _lifecycle: StrategyLifecycle
     _limiter: AsyncLimiter | None
+    _limiter_rpm: float | None
     _pool: WorkerPool | None
 
     def _admission_for(self, strategy: RateLimitStrategy) -> Any:
@@ -145,6 +146,7 @@ class ProcessorCompat:
     def _proactive_rate_limiter(self, limiter: AsyncLimiter | None) -> None:
         # Tests and subclasses swap in their own limiter; the next attempts must use it.
         self._limiter = limiter
+        self._limiter_rpm = self.config.max_requests_per_minute  # the caller's limiter stays
         self._runner.admission = self._admission_for(self._coordinator.strategy)
 
     @property
