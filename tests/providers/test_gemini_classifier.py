@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from async_batch_llm import (
     GeminiErrorClassifier,
 )
 from async_batch_llm._internal.quota import is_quota_exhausted
-from async_batch_llm.classifiers import gemini as gemini_module
 from async_batch_llm.classifiers.gemini import (
     DEFAULT_RATE_LIMIT_WAIT,
     RATE_LIMIT_PATTERNS,
