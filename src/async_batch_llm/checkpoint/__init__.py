@@ -1,0 +1,31 @@
+"""Checkpoint stores: durable outcomes, so that a rerun replays instead of paying again.
+
+Pass ``checkpoint="run.sqlite"`` (or a store object) to `ParallelBatchProcessor`; see the
+durable runs guide.
+"""
+
+from __future__ import annotations
+
+from async_batch_llm.checkpoint.base import (
+    CheckpointEntry,
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointMismatchError,
+    CheckpointStore,
+    DuplicateItemError,
+    EntryState,
+    ResumePolicy,
+)
+from async_batch_llm.checkpoint.memory import MemoryCheckpointStore
+
+__all__ = [
+    "CheckpointEntry",
+    "CheckpointError",
+    "CheckpointLockedError",
+    "CheckpointMismatchError",
+    "CheckpointStore",
+    "DuplicateItemError",
+    "EntryState",
+    "MemoryCheckpointStore",
+    "ResumePolicy",
+]

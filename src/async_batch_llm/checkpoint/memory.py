@@ -1,0 +1,65 @@
+"""`MemoryCheckpointStore`: a checkpoint store in a dict, for tests and for one process.
+
+Its outcomes survive a second run with the same store object (a retry loop in one
+program, a test), not the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from async_batch_llm.checkpoint.base import CheckpointEntry, CheckpointError, CheckpointLockedError
+
+__all__ = ["MemoryCheckpointStore"]
+
+
+class MemoryCheckpointStore:
+    """Keeps entries and metadata in memory; one run may have it open at a time."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, CheckpointEntry] = {}
+        self.meta: dict[str, str] = {}
+        self._open = False
+
+    async def open(self, *, reset: bool = False) -> dict[str, str]:
+        if self._open:
+            msg = "This MemoryCheckpointStore is already open in another run"
+            raise CheckpointLockedError(msg)
+        self._open = True
+        if reset:
+            self.entries.clear()
+            self.meta.clear()
+        return dict(self.meta)
+
+    async def save_meta(self, meta: Mapping[str, str]) -> None:
+        self._check_open()
+        self.meta.update(meta)
+
+    async def lookup(self, item_ids: Sequence[str]) -> list[CheckpointEntry | None]:
+        self._check_open()
+        get = self.entries.get
+        return [_copy(entry) for entry in map(get, item_ids)]
+
+    async def record(self, entries: Sequence[CheckpointEntry]) -> None:
+        self._check_open()
+        stored = self.entries
+        for entry in entries:
+            stored[entry.item_id] = dataclasses.replace(entry, usage=dict(entry.usage))
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            msg = "The MemoryCheckpointStore is not open"
+            raise CheckpointError(msg)
+
+    def __repr__(self) -> str:
+        return f"<MemoryCheckpointStore entries={len(self.entries)}>"
+
+
+def _copy(entry: CheckpointEntry | None) -> CheckpointEntry | None:
+    if entry is None:
+        return None
+    return dataclasses.replace(entry, usage=dict(entry.usage))
