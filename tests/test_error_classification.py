@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from async_batch_llm import strategies
+from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.strategies.errors import (
     DEFAULT_RATE_LIMIT_WAIT,
     RATE_LIMIT_PATTERNS,
@@ -15,6 +16,7 @@ from async_batch_llm.strategies.errors import (
     ErrorClassifier,
     ErrorInfo,
     FrameworkTimeoutError,
+    HookTimeoutError,
     TokenTrackingError,
 )
 
@@ -104,6 +106,19 @@ class TestPrecedence:
         assert (info.error_category, info.is_rate_limit, info.is_retryable) == (
             "framework_timeout",
             False,
+            True,
+        )
+
+    @pytest.mark.parametrize("make", [DefaultErrorClassifier, GeminiErrorClassifier])
+    def test_hook_timeout_beats_a_rate_limit_phrase(self, make: type[ErrorClassifier]) -> None:
+        """A dry_run() over its bound is a retryable hook timeout, whatever the item id in
+        its message says (regression: it was classified by the message, as a rate limit)."""
+        error = HookTimeoutError("dry_run() for item 'quota-429' did not finish within 30s")
+        info = make().classify(error)
+        assert (info.error_category, info.is_rate_limit, info.is_retryable, info.is_timeout) == (
+            "hook_timeout",
+            False,
+            True,
             True,
         )
 

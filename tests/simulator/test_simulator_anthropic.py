@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import anthropic
 import pydantic
 import pytest
-from conftest import ManualClock, StartSimulator
 
 from async_batch_llm.testing.simulator import ProviderSimulator
+from conftest import ManualClock, StartSimulator
 
 AnthropicFactory = Callable[..., anthropic.AsyncAnthropic]
 USER: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hello there"}]

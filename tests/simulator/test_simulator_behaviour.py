@@ -10,7 +10,6 @@ import anthropic
 import httpx2
 import openai
 import pytest
-from conftest import AIOHTTP_SUBCLASS_WARNING, StartSimulator
 from google import genai
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -20,6 +19,7 @@ from async_batch_llm.testing.simulator import (
     RawReply,
     SimulatorConfig,
 )
+from conftest import AIOHTTP_SUBCLASS_WARNING, StartSimulator
 
 OpenAIFactory = Callable[..., openai.AsyncOpenAI]
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]

@@ -8,11 +8,11 @@ from typing import Any
 
 import pydantic
 import pytest
-from conftest import AIOHTTP_SUBCLASS_WARNING, ManualClock, StartSimulator
 from google import genai
 from google.genai import errors, types
 
 from async_batch_llm.testing.simulator import ProviderSimulator
+from conftest import AIOHTTP_SUBCLASS_WARNING, ManualClock, StartSimulator
 
 pytestmark = pytest.mark.filterwarnings(AIOHTTP_SUBCLASS_WARNING)
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import openai
 import pydantic
 import pytest
-from conftest import ManualClock, StartSimulator
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from async_batch_llm.testing.simulator import ProviderSimulator
+from conftest import ManualClock, StartSimulator
 
 OpenAIFactory = Callable[..., openai.AsyncOpenAI]
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]

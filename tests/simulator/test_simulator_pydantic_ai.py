@@ -8,7 +8,6 @@ import anthropic
 import openai
 import pydantic
 import pytest
-from conftest import AIOHTTP_SUBCLASS_WARNING, StartSimulator
 from google import genai
 from pydantic_ai import Agent, NativeOutput
 from pydantic_ai.exceptions import ModelQuotaExceededError, ModelRateLimitError
@@ -21,6 +20,7 @@ from pydantic_ai.providers.google import GoogleProvider
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from async_batch_llm.testing.simulator import Provider, ProviderRequest, ProviderSimulator
+from conftest import AIOHTTP_SUBCLASS_WARNING, StartSimulator
 
 pytestmark = pytest.mark.filterwarnings(AIOHTTP_SUBCLASS_WARNING)
 

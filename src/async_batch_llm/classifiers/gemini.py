@@ -18,6 +18,7 @@ from async_batch_llm.strategies.errors import (
     ErrorClassifier,
     ErrorInfo,
     FrameworkTimeoutError,
+    HookTimeoutError,
     error_info,
     unwrap_token_tracking,
 )
@@ -75,7 +76,8 @@ def _message_of(exception: BaseException) -> str:
 class GeminiErrorClassifier(ErrorClassifier):
     """Classifies Gemini errors; the first matching rule wins.
 
-    1. `FrameworkTimeoutError`: retryable, ``framework_timeout``.
+    1. `FrameworkTimeoutError`: retryable, ``framework_timeout``; `HookTimeoutError`
+       (e.g. a ``dry_run()`` over its bound): retryable, ``hook_timeout``.
     2. A hard quota used up (a per-day Gemini quota, OpenAI ``insufficient_quota``):
        permanent, ``quota_exhausted``, not a rate limit (a cooldown would not help).
     3. An HTTP error with a status (google-genai ``APIError.code``, pydantic-ai
@@ -102,6 +104,8 @@ class GeminiErrorClassifier(ErrorClassifier):
         exception = unwrap_token_tracking(exception)
         if isinstance(exception, FrameworkTimeoutError):
             return error_info("framework_timeout", retryable=True, timeout=True)
+        if isinstance(exception, HookTimeoutError):
+            return error_info("hook_timeout", retryable=True, timeout=True)
         if isinstance(exception, CallInterruptedError):
             return error_info("interrupted", retryable=exception.is_stray_cancellation)
         if is_quota_exhausted(exception):

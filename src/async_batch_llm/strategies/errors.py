@@ -191,6 +191,7 @@ def unwrap_token_tracking(exception: Exception) -> Exception:
     # A wrapper of a wrapper is still the original error underneath.
     for _ in range(8):
         cause = current.__cause__
+        # The exact type: a subclass is an error type of its own, classified as itself.
         if type(current) is not TokenTrackingError or not isinstance(cause, Exception):
             break
         current = cause
@@ -252,16 +253,18 @@ class DefaultErrorClassifier(ErrorClassifier):
     A `TokenTrackingError` is classified as the error it was raised from.
 
     1. `FrameworkTimeoutError`: retryable framework timeout.
-    2. `CallInterruptedError`: a stray cancellation is retryable (``"interrupted"``),
+    2. `HookTimeoutError` (e.g. a ``dry_run()`` over its bound): retryable,
+       ``hook_timeout``.
+    3. `CallInterruptedError`: a stray cancellation is retryable (``"interrupted"``),
        anything else permanent.
-    3. A used-up hard quota (a per-day Gemini quota, OpenAI ``insufficient_quota``):
+    4. A used-up hard quota (a per-day Gemini quota, OpenAI ``insufficient_quota``):
        permanent, ``quota_exhausted``, not a rate limit (a cooldown would not help).
-    4. A rate-limit phrase (`RATE_LIMIT_PATTERNS`) in the message: rate limit.
-    5. ``TimeoutError`` or ``"timeout"`` in the message: retryable API timeout.
-    6. ``ConnectionError`` or ``"connection"`` in the message: retryable connection error.
-    7. ``pydantic.ValidationError``: retryable validation error.
-    8. ``ValueError``, ``TypeError`` and other bug-like types: permanent logic error.
-    9. Anything else: retryable, category ``"unknown"``.
+    5. A rate-limit phrase (`RATE_LIMIT_PATTERNS`) in the message: rate limit.
+    6. ``TimeoutError`` or ``"timeout"`` in the message: retryable API timeout.
+    7. ``ConnectionError`` or ``"connection"`` in the message: retryable connection error.
+    8. ``pydantic.ValidationError``: retryable validation error.
+    9. ``ValueError``, ``TypeError`` and other bug-like types: permanent logic error.
+    10. Anything else: retryable, category ``"unknown"``.
     """
 
     def classify(self, exception: Exception) -> ErrorInfo:
@@ -271,6 +274,8 @@ class DefaultErrorClassifier(ErrorClassifier):
         # contain anything (an item called "quota-7" must not make its timeout a rate limit).
         if isinstance(exception, FrameworkTimeoutError):
             return error_info("framework_timeout", retryable=True, timeout=True)
+        if isinstance(exception, HookTimeoutError):
+            return error_info("hook_timeout", retryable=True, timeout=True)
         if isinstance(exception, CallInterruptedError):
             return error_info("interrupted", retryable=exception.is_stray_cancellation)
         if is_quota_exhausted(exception):
