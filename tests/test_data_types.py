@@ -273,6 +273,7 @@ class TestWorkItemResult:
             "context",
             "token_usage",
             "gemini_safety_ratings",
+            "replayed",
         ]
 
 

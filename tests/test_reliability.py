@@ -772,6 +772,49 @@ class TestDefect6BoundedHooks:
         assert stats["processed"] == 4
         assert strategy.attempts == [1, 1, 1, 1]
 
+    async def test_replacement_stuck_in_a_taken_over_post_processor_stops(self) -> None:
+        """A replacement worker stuck post-processing the result it took over is abandoned
+        in turn; when that post-processor finally returns, the worker stops instead of going
+        back to the queue (regression: it took items outside the pool's watch, so the batch
+        could end without their results, and it published WORKER_STOPPED after the batch)."""
+        release_call = asyncio.Event()
+        release_post = asyncio.Event()
+
+        async def stuck(prompt: str, attempt: int) -> tuple[str, TokenUsage]:
+            await _ignore_cancellation(release_call)
+            return "late", dict(USAGE)  # type: ignore[return-value]
+
+        async def unblock_post(prompt: str, attempt: int) -> tuple[str, TokenUsage]:
+            release_post.set()  # the stuck post-processor returns while items are queued
+            await asyncio.sleep(0)
+            return "ok", dict(USAGE)  # type: ignore[return-value]
+
+        async def post(result: Result) -> None:
+            if result.item_id == "item-0":
+                await _ignore_cancellation(release_post)
+
+        strategy = Scripted(stuck, unblock_post)
+        items = items_for(strategy, 6)
+        recorder = RecordingObserver()
+        try:
+            async with Processor(
+                config=_config(max_workers=1, post_processor_timeout=TINY),
+                observers=[recorder],
+                post_processor=post,
+            ) as processor:
+                batch = await _bounded(run_batch(processor, items))
+                by_id = _one_result_each(batch, items)
+        finally:
+            release_call.set()
+            release_post.set()
+        assert [by_id[f"item-{i}"].success for i in range(1, 6)] == [True] * 5
+        started_by = {data["worker_id"] for data in recorder.of(ProcessingEvent.ITEM_STARTED)}
+        # Worker 0 ran item-0 and got stuck; worker 1 took it over and got stuck in the
+        # post-processor; worker 2 ran every other item.
+        assert started_by == {0, 2}
+        stopped = [data["worker_id"] for data in recorder.of(ProcessingEvent.WORKER_STOPPED)]
+        assert stopped == [2]
+
     async def test_hanging_strategy_on_error(self) -> None:
         """A strategy's on_error that hangs is cut off after hook_timeout: the retry runs
         and the item succeeds."""
@@ -1000,6 +1043,41 @@ class TestDefect7Interruptions:
             pytest.fail("KeyboardInterrupt escaped the event loop instead of process_all()")
         assert outcome == "propagated from process_all; 0 task(s) left"
         assert strategy.cleanup_calls == 1
+
+    @pytest.mark.parametrize("kind", ["async", "sync"])
+    def test_keyboard_interrupt_in_progress_callback_propagates(self, kind: str) -> None:
+        """A KeyboardInterrupt raised by a progress callback (async, or sync on its thread)
+        comes out of process_all(), like one raised by any other hook (regression: it escaped
+        the event loop from the callback's task and the batch kept running)."""
+        strategy = ByPrompt([])
+        items = [LLMWorkItem(item_id=f"item-{i}", strategy=strategy, prompt="p") for i in range(6)]
+
+        def sync_callback(completed: int, total: int, current: str) -> None:
+            raise KeyboardInterrupt
+
+        async def async_callback(completed: int, total: int, current: str) -> None:
+            raise KeyboardInterrupt
+
+        callback = async_callback if kind == "async" else sync_callback
+
+        async def main() -> str:
+            try:
+                async with Processor(
+                    config=_config(max_workers=1, progress_interval=1), progress_callback=callback
+                ) as processor:
+                    await run_batch(processor, items)
+            except KeyboardInterrupt:
+                outcome = "propagated from process_all"
+            else:
+                outcome = "returned"
+            leftover = asyncio.all_tasks() - {asyncio.current_task()}
+            return f"{outcome}; {len(leftover)} task(s) left"
+
+        try:
+            outcome = asyncio.run(main())
+        except KeyboardInterrupt:
+            pytest.fail("KeyboardInterrupt escaped the event loop instead of process_all()")
+        assert outcome == "propagated from process_all; 0 task(s) left"
 
 
 # -- Defect 8: what is accepted works --------------------------------------------------------

@@ -415,12 +415,26 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         if self._post_processing is not None:
             self._post_processing.close()
 
-    def _record_result(self, result: WorkItemResult[TOutput, TContext], item_id: str) -> bool:
-        """Add one final result to the results and the statistics (no await: atomic).
+    def _record_result(
+        self, result: WorkItemResult[TOutput, TContext], item: Any, worker: Any = None
+    ) -> bool:
+        """Add one final result of `item` to the results and the statistics (no await:
+        atomic); `worker` is the worker context that ran it.
 
         Returns whether a post-processor is set (so the caller knows to run it).
         """
-        usage: Any = result.token_usage
+        self._results.append(result)
+        return self._count_result(result, item)
+
+    def _count_result(
+        self, result: WorkItemResult[TOutput, TContext], item: Any, spent: bool = True
+    ) -> bool:
+        """Count one final result in the statistics (and run the progress reporting).
+
+        `spent` is false for a result replayed from a checkpoint: an outcome of the batch,
+        but its tokens were not spent by this run. Returns whether a post-processor is set.
+        """
+        usage: Any = result.token_usage if spent else _NO_USAGE
         stats = self._stats
         try:
             get = usage.get
@@ -438,13 +452,12 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 if usage
                 else {}
             )
-            return self._record_result(result, item_id)
+            return self._count_result(result, item, spent)
         stats.total_input_tokens = input_tokens
         stats.total_output_tokens = output_tokens
         stats.total_tokens = total_tokens
         if cached != stats.cached_input_tokens:
             stats.cached_input_tokens = stats.total_cached_tokens = cached
-        self._results.append(result)
         stats.processed += 1
         if result.success:
             stats.succeeded += 1
@@ -462,7 +475,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 stats.succeeded,
                 stats.failed,
             )
-            self._run_progress_callback(processed, stats.total, item_id)
+            self._run_progress_callback(processed, stats.total, item.item_id)
         return self.post_processor is not None
 
     def _run_progress_callback(self, completed: int, total: int, current_item: str) -> None:
@@ -511,3 +524,4 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
 
 _CLEANER: Final = UsageNormalizer()
+_NO_USAGE: Final[dict[str, int]] = {}

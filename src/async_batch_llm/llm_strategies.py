@@ -20,6 +20,7 @@ from async_batch_llm._internal.optional import loaded
 from async_batch_llm._internal.rate_control.scope import RateScope
 from async_batch_llm._internal.usage import FAILED_USAGE_ATTR, add_usage, usage_of_object
 from async_batch_llm._internal.values import LLMResponse, RetryState, TokenUsage
+from async_batch_llm.checkpoint._identity import fingerprint, stable_value
 from async_batch_llm.core.protocols import AgentLike, LLMModel, ManagedLLMModel
 from async_batch_llm.strategies.errors import TokenTrackingError
 
@@ -112,6 +113,19 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
         """
         return len(prompt) // 4 + 1
 
+    def checkpoint_identity(self) -> object:
+        """What this strategy calls, for checkpoints: the provider, model and options.
+
+        A checkpoint replays an item's stored result only for a strategy with the same
+        identity, and refuses a store written with another one. Return JSON-like data (a
+        dict of strings and numbers, typically) that changes when the outputs would:
+        another model, temperature or system prompt. Leave code out of it, so that editing
+        the strategy does not re-run everything. ``None`` (the default) identifies the
+        strategy by its class only; the built-in strategies describe their model and
+        settings.
+        """
+        return None
+
     async def dry_run(self, prompt: str) -> tuple[TOutput, TokenUsage]:
         """Return placeholder output without calling a model (``ProcessorConfig.dry_run``)."""
         output: Any = f"[DRY-RUN] Mock output for prompt: {prompt[:50]}..."
@@ -175,6 +189,15 @@ class GeminiStrategy(LLMCallStrategy[TOutput]):
             api_key=api_key if isinstance(api_key, str) else None,
             model=model_name.removeprefix("models/"),
         )
+
+    def checkpoint_identity(self) -> object:
+        """The model's identity (its ``checkpoint_identity()``, else its class), the
+        temperature and the parser's qualified name."""
+        return {
+            "model": _identity_of(self.model),
+            "temperature": self.temperature,
+            "parser": stable_value(self.response_parser),
+        }
 
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
@@ -256,6 +279,25 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
             model=model_name,
         )
 
+    def checkpoint_identity(self) -> object:
+        """The agent's provider, model, model settings, output type and instructions.
+
+        An object that is not a pydantic-ai agent is identified by its class and its own
+        ``checkpoint_identity()``, when it has one.
+        """
+        agent: Any = self.agent
+        if not self._is_pydantic_ai_agent:
+            return {"agent": _identity_of(agent)}
+        model = getattr(agent, "model", None)
+        prompts = [getattr(agent, "_instructions", None), getattr(agent, "_system_prompts", None)]
+        return {
+            "provider": getattr(model, "system", None),
+            "model": model if isinstance(model, str) else getattr(model, "model_name", None),
+            "model_settings": stable_value(getattr(agent, "model_settings", None)),
+            "output_type": stable_value(getattr(agent, "output_type", None)),
+            "instructions": fingerprint({"prompts": stable_value(prompts)}),
+        }
+
     def estimate_tokens(self, prompt: str) -> int:
         """The prompt estimate plus the agent's ``max_tokens`` setting, which the provider
         reserves against the tokens-per-minute budget before it answers."""
@@ -316,6 +358,16 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
         except Exception:
             logger.debug("dry_run could not build a placeholder output model", exc_info=True)
         return await super().dry_run(prompt)
+
+
+def _identity_of(component: object) -> object:
+    """A model's or agent's ``checkpoint_identity()``, else its class name."""
+    hook = getattr(component, "checkpoint_identity", None)
+    cls = type(component)
+    described: dict[str, object] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+    if callable(hook):
+        described["identity"] = stable_value(hook())
+    return described
 
 
 def _pydantic_ai_missing() -> bool:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from async_batch_llm._internal.usage import FAILED_USAGE_ATTR
 from async_batch_llm._internal.values import LLMResponse
+from async_batch_llm.checkpoint._identity import fingerprint, stable_value
 
 if TYPE_CHECKING:
     import httpx2
@@ -326,6 +327,15 @@ class GeminiModel:
             call_config.update(config)
         return await _generate(self._client, self._model, prompt, call_config)
 
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """Provider, model, default system instruction and safety settings (for checkpoints)."""
+        return {
+            "provider": "gemini",
+            "model": self._model,
+            "system_instruction": stable_value(self._default_system_instruction),
+            "safety_settings": stable_value(self._safety_settings),
+        }
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._model!r})"
 
@@ -432,6 +442,15 @@ class GeminiCachedModel:
         if lock is None:
             lock = self._cache_lock = asyncio.Lock()
         return lock
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """Provider, model, a digest of the cached content and the safety settings."""
+        return {
+            "provider": "gemini",
+            "model": self._model,
+            "cached_content": fingerprint({"content": stable_value(self._cached_content)}),
+            "safety_settings": stable_value(self._safety_settings),
+        }
 
     def _request_config(self) -> dict[str, Any]:
         if getattr(self, "_single_attempt", False):

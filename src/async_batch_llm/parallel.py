@@ -191,6 +191,9 @@ class ParallelBatchProcessor(
             count_rate_limit=self._count_rate_limit,
         )
         self._pool: WorkerPool | None = None
+        self._progress.on_fatal = self._stop_batch_with
+        # A KeyboardInterrupt / SystemExit a progress callback raised after its batch ended.
+        self._late_fatal: BaseException | None = None
 
     # -- collaborators users may read or replace -------------------------------------------
 
@@ -264,6 +267,9 @@ class ParallelBatchProcessor(
                 await self._dispatcher.close()
             finally:
                 await self.cleanup()
+        late, self._late_fatal = self._late_fatal, None
+        if late is not None:
+            raise late
 
     async def get_stats(self) -> dict[str, Any]:
         """A consistent snapshot of the counters (see `ProcessingStats`)."""
@@ -358,6 +364,16 @@ class ParallelBatchProcessor(
             grace=config.cancellation_grace,
         )
 
+    def _stop_batch_with(self, exc: BaseException) -> bool:
+        """Raise `exc` (a callback's ``KeyboardInterrupt``) from the running batch, or, when
+        it came after the batch, from `shutdown` (the end of the ``async with`` block)."""
+        pool = self._pool
+        if pool is not None and self._is_processing:
+            pool.stop_with(exc)
+        elif self._late_fatal is None:
+            self._late_fatal = exc
+        return True
+
     def _defect_result(
         self, item: LLMWorkItem[TInput, TOutput, TContext], exc: Exception
     ) -> WorkItemResult[TOutput, TContext]:
@@ -399,7 +415,7 @@ class ParallelBatchProcessor(
                 abandoned=True,
             )
         if self._dispatcher.observers:
-            self._dispatcher.publish(
+            self._runner.publish_final(
                 ProcessingEvent.ITEM_FAILED,
                 {"item_id": item.item_id, "error_type": type(error).__name__},
             )

@@ -46,6 +46,10 @@ class ProgressNotifier:
     def __init__(self, tasks: set[asyncio.Task[Any]], *, grace: float = 5.0) -> None:
         self.tasks = tasks
         self.grace = grace
+        #: Takes a ``KeyboardInterrupt`` / ``SystemExit`` a callback raised and returns
+        #: whether it will be raised where the caller can catch it (from the running
+        #: batch); otherwise it is re-raised from the callback's task.
+        self.on_fatal: Callable[[BaseException], bool] = _not_handled
         self._threads = SyncCallRunner("async-batch-llm-progress")
 
     def notify(
@@ -79,6 +83,9 @@ class ProgressNotifier:
             logger.warning("Progress callback exceeded %.2fs; cancelled", timeout)
         except Exception as exc:
             logger.warning("Progress callback raised %r; ignored", exc)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if not self.on_fatal(exc):
+                raise
 
     async def _run_sync(
         self, callback: Callable[..., Any], timeout: float | None, *args: Any
@@ -89,6 +96,9 @@ class ProgressNotifier:
             logger.warning("Progress callback exceeded %.2fs; no longer waited for", timeout)
         except Exception as exc:
             logger.warning("Progress callback raised %r; ignored", exc)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if not self.on_fatal(exc):
+                raise
 
     async def cancel_all(self, timeout: float) -> None:
         """Cancel every running callback task and wait up to `timeout` seconds for them."""
@@ -104,6 +114,10 @@ class ProgressNotifier:
     def close(self) -> None:
         """Let the callback thread exit."""
         self._threads.close()
+
+
+def _not_handled(exc: BaseException) -> bool:
+    return False
 
 
 class PostProcessorRunner:

@@ -29,7 +29,7 @@ from async_batch_llm._internal.admission import (
 )
 from async_batch_llm._internal.deadline import AttemptDeadline
 from async_batch_llm._internal.hooks import interruption_error, is_propagating, run_step
-from async_batch_llm._internal.quota import is_quota_exhausted
+from async_batch_llm._internal.quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
 from async_batch_llm._internal.retry_policy import RetryPolicy
 from async_batch_llm._internal.usage import (
     FAILED_USAGE_ATTR,
@@ -43,6 +43,7 @@ from async_batch_llm._internal.values import RetryState, WorkItemResult
 from async_batch_llm.llm_strategies import LLMCallStrategy
 from async_batch_llm.observers.base import ProcessingEvent
 from async_batch_llm.strategies.errors import (
+    CallInterruptedError,
     DefaultErrorClassifier,
     FrameworkTimeoutError,
     HookTimeoutError,
@@ -107,7 +108,15 @@ class WorkerContext:
         grace: Seconds a cancelled step gets to stop.
     """
 
-    __slots__ = ("abandoned", "deadline", "hook_timeout", "item", "recorded", "worker_id")
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "hook_timeout",
+        "item",
+        "recorded",
+        "replayable_failure",
+        "worker_id",
+    )
 
     def __init__(
         self,
@@ -128,6 +137,9 @@ class WorkerContext:
         #: The item the worker is on, and whether its result was recorded already.
         self.item: Any = None
         self.recorded = False
+        #: Whether the item's failed result says something about the item itself (a
+        #: permanent error for it), so a checkpoint may replay it; set by the runner.
+        self.replayable_failure = False
 
     async def run_hook(self, awaitable: Awaitable[Any], what: str) -> Any:
         """Await a user hook under ``hook_timeout`` (see `run_step`)."""
@@ -169,6 +181,9 @@ class ItemRunner:
         self.config = config
         self.classifier = classifier
         self.dispatcher = dispatcher
+        #: Publishes an item's final event (``ITEM_COMPLETED`` / ``ITEM_FAILED``); a
+        #: checkpointed run holds them back until the result is committed.
+        self.publish_final: Callable[[ProcessingEvent, dict[str, Any]], None] = dispatcher.publish
         self.admission = admission
         self.lifecycle = lifecycle
         self._prepared_ids = lifecycle.prepared_ids
@@ -249,10 +264,13 @@ class ItemRunner:
                 limited = error
                 self.rate_limited(item, worker, permit)
             elif not info.is_retryable:
+                worker.replayable_failure = _says_something_about_the_item(error, info)
                 return await self.fail(item, error, spent, worker, detailed=True)
             else:
                 failures += 1
                 if failures >= self.config.retry.max_attempts:
+                    # Output that never validates is the item's; a flaky network is not.
+                    worker.replayable_failure = info.error_category == "validation_error"
                     return await self._give_up(item, error, spent, worker, raise_on_failure)
                 await self._back_off(item, error, info, failures)
             number += 1
@@ -319,7 +337,7 @@ class ItemRunner:
             if worker.abandoned:
                 raise WorkerAbandoned
             if type(returned) is not tuple or len(returned) != 2:
-                raise TypeError(_malformed_return(strategy, config, returned))
+                raise _configuration_error(TypeError(_malformed_return(strategy, config, returned)))
             output, usage = returned
             # The clean-usage check inline (see `is_clean_usage`): it runs for every call.
             if type(usage) is dict:
@@ -357,7 +375,7 @@ class ItemRunner:
             limit = permit.describe()
             if limit:
                 payload.update(limit)
-            dispatcher.publish(ProcessingEvent.ITEM_COMPLETED, payload)
+            self.publish_final(ProcessingEvent.ITEM_COMPLETED, payload)
         return result
 
     def _attempt_error(
@@ -447,7 +465,7 @@ class ItemRunner:
 
     def _skipped(self, item: LLMWorkItem[Any, Any, Any]) -> WorkItemResult[Any, Any]:
         if self.dispatcher.observers:
-            self.dispatcher.publish(
+            self.publish_final(
                 ProcessingEvent.ITEM_FAILED, {"item_id": item.item_id, "error_type": "Skipped"}
             )
         return WorkItemResult(item.item_id, False, None, SKIPPED_ERROR, item.context)
@@ -456,7 +474,7 @@ class ItemRunner:
         """ITEM_FAILED for a failed final result; ITEM_COMPLETED for one a middleware rescued."""
         if result.success:
             usage: object = result.token_usage
-            self.dispatcher.publish(
+            self.publish_final(
                 ProcessingEvent.ITEM_COMPLETED,
                 {
                     "item_id": result.item_id,
@@ -465,7 +483,7 @@ class ItemRunner:
                 },
             )
         else:
-            self.dispatcher.publish(
+            self.publish_final(
                 ProcessingEvent.ITEM_FAILED,
                 {"item_id": result.item_id, "error_type": type(exc).__name__},
             )
@@ -557,6 +575,27 @@ class ItemRunner:
         if isinstance(attributes, dict) and FAILED_USAGE_ATTR in attributes:
             error.__dict__[FAILED_USAGE_ATTR] = attributes[FAILED_USAGE_ATTR]
         return error
+
+
+#: Set on errors that come from how the batch is set up (a strategy returning the wrong
+#: shape), not from the item: such a failure is never replayed from a checkpoint.
+_CONFIGURATION_ERROR_ATTR: Final = "_async_batch_llm_configuration_error"
+#: Categories of permanent errors that concern the run, not the item.
+_NOT_ABOUT_THE_ITEM: Final = frozenset({QUOTA_EXHAUSTED_CATEGORY, "interrupted", "rate_limit"})
+
+
+def _configuration_error(error: Exception) -> Exception:
+    error.__dict__[_CONFIGURATION_ERROR_ATTR] = True
+    return error
+
+
+def _says_something_about_the_item(error: Exception, info: ErrorInfo) -> bool:
+    """Whether a permanent error is the item's own (its stored failure may be replayed)."""
+    if info.is_timeout or info.is_rate_limit or info.error_category in _NOT_ABOUT_THE_ITEM:
+        return False
+    if isinstance(error, HookTimeoutError | CallInterruptedError):
+        return False
+    return not getattr(error, "__dict__", {}).get(_CONFIGURATION_ERROR_ATTR, False)
 
 
 def _outcome_of(exc: Exception, info: ErrorInfo) -> Outcome:

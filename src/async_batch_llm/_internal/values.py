@@ -133,6 +133,9 @@ class WorkItemResult(Generic[TOutput, TContext]):
     """Tokens of every attempt of the item, failed ones included."""
     gemini_safety_ratings: dict[str, str] | None = None
     """Kept for compatibility; the processor does not fill it in."""
+    replayed: bool = False
+    """Whether the result was read back from a checkpoint store instead of produced by a
+    call in this run (`token_usage` is then what the item cost when it was produced)."""
 
 
 for _public in (TokenUsage, RetryState, LLMResponse, WorkItemResult):

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 CANCELLATION_TIMEOUT: Final = 5.0
 
 Run = Callable[[Any, WorkerContext], Awaitable[Any]]
-Record = Callable[[Any, str], bool]
+Record = Callable[[Any, Any, WorkerContext], bool]
 Post = Callable[[Any, WorkerContext], Awaitable[None]]
 
 
@@ -39,7 +39,8 @@ class WorkerPool:
         queue: The items; the pool puts the ``None`` sentinels itself.
         run: Runs an item to its one result.
         on_defect: The result of an item whose `run` raised (a defect, not a failure).
-        record: Records a result (given its item id); returns whether `post` should run.
+        record: Records a result (given its item and worker); returns whether `post`
+            should run.
         post: Post-processes a recorded result.
         abandoned_result: The result of an item whose worker got stuck on ``step``.
         on_started: Called with a worker's id when it starts.
@@ -89,6 +90,17 @@ class WorkerPool:
         """Every task the pool started that has not finished."""
         return [task for task in (*self.live, *self.abandoned) if not task.done()]
 
+    def stop_with(self, exc: BaseException) -> None:
+        """Stop the batch: `run` (or the stream watching `fatal`) raises `exc`."""
+        if self._fatal is None:
+            self._fatal = exc
+        self._wake()
+
+    @property
+    def fatal(self) -> BaseException | None:
+        """The ``KeyboardInterrupt`` / ``SystemExit`` that stops the batch, if any."""
+        return self._fatal
+
     def spawn(self, count: int = 1) -> None:
         """Start `count` more workers."""
         for _ in range(count):
@@ -135,12 +147,13 @@ class WorkerPool:
     async def _process(self, worker: WorkerContext, item: Any) -> None:
         worker.item = item
         worker.recorded = False
+        worker.replayable_failure = False
         try:
             result = await self._run(item, worker)
         except Exception as exc:
             result = self._on_defect(item, exc)
         worker.recorded = True
-        if self._record(result, item.item_id):
+        if self._record(result, item, worker):
             await self._post(result, worker)
 
     def _start(self, handover: tuple[Any, Any] | None) -> None:
@@ -167,6 +180,8 @@ class WorkerPool:
         try:
             if handover is not None:
                 await self._take_over(worker, *handover)
+                if worker.abandoned:
+                    return  # stuck in the post-processor of the item it took over
             while True:
                 item = take()
                 if item is None:
@@ -177,12 +192,13 @@ class WorkerPool:
                 # `_process`, inline: this runs for every item.
                 worker.item = item
                 worker.recorded = False
+                worker.replayable_failure = False
                 try:
                     result = await run(item, worker)
                 except Exception as exc:
                     result = self._on_defect(item, exc)
                 worker.recorded = True
-                if record(result, item.item_id):
+                if record(result, item, worker):
                     await self._post(result, worker)
                 if worker.abandoned:
                     return
@@ -191,9 +207,7 @@ class WorkerPool:
         except (KeyboardInterrupt, SystemExit) as exc:
             # Raised by user code inside the worker: stop the batch from the task that runs
             # it, where the caller can catch it, instead of letting it escape the event loop.
-            if self._fatal is None:
-                self._fatal = exc
-            self._wake()
+            self.stop_with(exc)
         finally:
             worker.deadline.close()
 
@@ -201,7 +215,8 @@ class WorkerPool:
         if result is not None:
             worker.item = item
             worker.recorded = True
-            if self._record(result, item.item_id):
+            worker.replayable_failure = False
+            if self._record(result, item, worker):
                 await self._post(result, worker)
 
     def _abandon(self, task: asyncio.Task[None] | None, worker: WorkerContext) -> None:

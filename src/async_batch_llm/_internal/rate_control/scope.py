@@ -364,8 +364,9 @@ class ScopeController:
       assumption that a full per-window bucket just ran out (``successes / (window +
       elapsed)``); with neither, the scope stays unpaced and only pauses.
     * A pace set from that assumption *probes*: it doubles after every interval of
-      ``max(mean call duration, min(2 calls at the pace, 0.5 s))`` in which calls waited for it and no
-      429 came. So a provider whose window is not a minute is found within a few calls.
+      ``max(mean call duration, min(2 calls at the pace, 0.5 s))`` in which calls waited
+      for it and no 429 came. So a provider whose window is not a minute is found within a
+      few calls.
     * A 429 (once per *episode*: 429s of calls admitted before the last decrease do not
       count again) lowers the pace by ``decrease_factor``, never below the demonstrated rate
       nor the floor, and switches to *steady* increases of ``increase_fraction`` per tenth of
