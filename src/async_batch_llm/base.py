@@ -285,23 +285,11 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         """
         if self._processing_started:
             msg = (
-                "Cannot add work after process_all() has started: queue every item first, "
-                "or use a new processor for the next batch"
+                "Cannot add work after process_all() or stream() has started: queue every "
+                "item first, pass the rest to stream(), or use a new processor"
             )
             raise RuntimeError(msg)
-        candidate: object = work_item
-        if not isinstance(candidate, LLMWorkItem) and not (
-            hasattr(candidate, "item_id") and hasattr(candidate, "strategy")
-        ):
-            msg = f"add_work() expects an LLMWorkItem, got {type(work_item).__name__}"
-            raise TypeError(msg)
-        strategy = work_item.strategy
-        if strategy is not self._last_checked and (
-            self._checked_strategies.get(id(strategy)) is not strategy
-        ):
-            check_strategy(strategy, work_item.item_id)
-            self._checked_strategies[id(strategy)] = strategy
-        self._last_checked = strategy
+        self._check_item(work_item, "add_work()")
         queue = self._queue
         if queue.full():
             # No worker runs before process_all(), so waiting for space would never end.
@@ -321,6 +309,21 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             )
         queue.put_nowait(work_item)
         self._stats.total += 1
+
+    def _check_item(self, work_item: object, where: str = "stream()") -> None:
+        """Raise TypeError unless `work_item` is a work item whose strategy can run."""
+        if not isinstance(work_item, LLMWorkItem) and not (
+            hasattr(work_item, "item_id") and hasattr(work_item, "strategy")
+        ):
+            msg = f"{where} expects an LLMWorkItem, got {type(work_item).__name__}"
+            raise TypeError(msg)
+        strategy = work_item.strategy
+        if strategy is not self._last_checked and (
+            self._checked_strategies.get(id(strategy)) is not strategy
+        ):
+            check_strategy(strategy, work_item.item_id)
+            self._checked_strategies[id(strategy)] = strategy
+        self._last_checked = strategy
 
     async def process_all(self) -> BatchResult[TOutput, TContext]:
         """Run every queued item and return all results (in completion order)."""

@@ -10,7 +10,9 @@ admission (cooldown gate, adaptive rate control, request budget), the strategy l
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sized
 from typing import Any, Generic, Literal
 
 from aiolimiter import AsyncLimiter
@@ -20,6 +22,11 @@ from async_batch_llm._internal.admission import (
     ControllerAdmission,
     CooldownAdmission,
     LimiterAdmission,
+)
+from async_batch_llm._internal.checkpointing import (
+    CheckpointSession,
+    check_resume_options,
+    checkpoint_factory,
 )
 from async_batch_llm._internal.compat import ProcessorCompat
 from async_batch_llm._internal.deprecation import config_from_legacy_args
@@ -34,6 +41,7 @@ from async_batch_llm._internal.item_runner import (
 )
 from async_batch_llm._internal.rate_limit_coordinator import RateLimitCoordinator
 from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
+from async_batch_llm._internal.stream_run import StreamRun, default_window
 from async_batch_llm._internal.validation import (
     check_classifier,
     check_middlewares,
@@ -43,14 +51,17 @@ from async_batch_llm._internal.validation import (
 from async_batch_llm._internal.worker_pool import WorkerPool
 from async_batch_llm.base import (
     BatchProcessor,
+    BatchResult,
     LLMWorkItem,
     PostProcessorFunc,
+    ProcessingStats,
     ProgressCallbackFunc,
     TContext,
     TInput,
     TOutput,
     WorkItemResult,
 )
+from async_batch_llm.checkpoint.base import CheckpointReport, CheckpointStore, ResumePolicy
 from async_batch_llm.core.config import ProcessorConfig
 from async_batch_llm.middleware.base import Middleware
 from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
@@ -130,11 +141,19 @@ class ParallelBatchProcessor(
         middlewares: list[Middleware[TInput, TOutput, TContext]] | None = None,
         observers: list[ProcessorObserver] | None = None,
         progress_callback: ProgressCallbackFunc | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | CheckpointStore | None = None,
+        resume: ResumePolicy = ResumePolicy.REUSE_SUCCESSES,
+        checkpoint_version: str | None = None,
     ) -> None:
         given: object = config
         if given is not None and not isinstance(given, ProcessorConfig):
             msg = f"config must be a ProcessorConfig, got {type(given).__name__}"
             raise TypeError(msg)
+        self._checkpoint = checkpoint_factory(checkpoint)
+        check_resume_options(resume, checkpoint_version)
+        self.resume = resume
+        self.checkpoint_version = checkpoint_version
         check_classifier(error_classifier)
         check_rate_limit_strategy(rate_limit_strategy)
         check_observers(observers)
@@ -191,6 +210,9 @@ class ParallelBatchProcessor(
             count_rate_limit=self._count_rate_limit,
         )
         self._pool: WorkerPool | None = None
+        # The stream (or checkpointed process_all) running now; `shutdown` stops it.
+        self._active_run: StreamRun | None = None
+        self._checkpoint_session: CheckpointSession | None = None
         self._progress.on_fatal = self._stop_batch_with
         # A KeyboardInterrupt / SystemExit a progress callback raised after its batch ended.
         self._late_fatal: BaseException | None = None
@@ -249,6 +271,151 @@ class ParallelBatchProcessor(
         """``config.post_processor_timeout``."""
         return self.config.post_processor_timeout
 
+    @property
+    def checkpoint_report(self) -> CheckpointReport | None:
+        """What the current (or last) run with a checkpoint replayed and ran; ``None``
+        before one started or without a checkpoint."""
+        session = self._checkpoint_session
+        return None if session is None else session.report
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def stream(
+        self,
+        items: Iterable[LLMWorkItem[TInput, TOutput, TContext]]
+        | AsyncIterable[LLMWorkItem[TInput, TOutput, TContext]]
+        | None = None,
+        *,
+        ordered: bool = False,
+        window: int | None = None,
+    ) -> AsyncGenerator[WorkItemResult[TOutput, TContext], None]:
+        """Run `items` (after anything queued with `add_work`) and yield each result as it
+        is ready.
+
+        Items are taken from `items` lazily: at most `window` (default: four per worker,
+        at least 64) are ahead of the results you have taken, so memory stays bounded
+        however long the source is. Results come in completion order, or with `ordered`
+        in input order (an item that takes long then holds back the ones after it, and
+        intake pauses when the window is full). With a checkpoint, every result is
+        committed before it is yielded, and stored results are replayed.
+
+        Leaving the loop early (``break``, ``aclose()``, cancelling the consumer) stops
+        intake, closes the source when it is a generator, cancels the calls in flight,
+        commits what finished and cleans up the strategies; no task is left running.
+        Cleaning up also happens when the stream ends normally.
+
+        Raises (from the iteration):
+            TypeError: An item is not an `LLMWorkItem`, or its strategy cannot run (after
+                the items taken before it have finished).
+            DuplicateItemError: With a checkpoint, an item id was seen twice.
+            CheckpointError: The checkpoint store failed or holds another run's results.
+            RuntimeError: The processor is already running a batch.
+        """
+        sources: list[Any] = []
+        given: object = items
+        if given is not None:
+            if not hasattr(given, "__aiter__") and not hasattr(given, "__iter__"):
+                msg = (
+                    "stream() expects an iterable or async iterable of LLMWorkItem, got "
+                    f"{type(items).__name__}"
+                )
+                raise TypeError(msg)
+            sources.append(given)
+        flag: object = ordered
+        if not isinstance(flag, bool):
+            msg = f"ordered must be a bool, got {type(flag).__name__}"
+            raise TypeError(msg)
+        size: object = window
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            msg = f"window must be a positive int (items ahead of the consumer), got {window!r}"
+            raise ValueError(msg)
+        total: int | None = None
+        if items is None or isinstance(items, Sized):
+            total = self._queue.qsize() + (len(items) if isinstance(items, Sized) else 0)
+        run = StreamRun(
+            self,
+            sources,
+            ordered=ordered,
+            window=window or default_window(self.config.max_workers),
+            total=total,
+            clean_up_strategies=True,
+        )
+        stream = run.results()
+        run.attach(stream)  # type: ignore[arg-type]
+        return stream  # type: ignore[return-value]
+
+    async def process_all(self) -> BatchResult[TOutput, TContext]:
+        """Run every queued item and return all results (in completion order).
+
+        With a checkpoint, stored results are replayed (``replayed=True``) and every new
+        outcome is committed before it counts.
+        """
+        if self._checkpoint is None or self.config.dry_run:
+            if self._checkpoint is not None:
+                logger.warning("dry_run is set: the checkpoint is neither read nor written")
+            return await super().process_all()
+        run = StreamRun(
+            self,
+            [],
+            ordered=False,
+            window=max(self._queue.qsize(), 1),
+            total=self._queue.qsize(),
+            clean_up_strategies=False,
+        )
+        results: list[WorkItemResult[TOutput, TContext]] = []
+        self._results = results
+        async for result in run.results():
+            results.append(result)
+        return BatchResult(results=list(results))
+
+    def _take_queued(self) -> list[LLMWorkItem[TInput, TOutput, TContext]]:
+        """Everything queued with `add_work`, in order (the queue is empty after)."""
+        self._processing_started = True
+        self._queued_ids = set()
+        queue = self._queue
+        queued = []
+        while (item := queue.take()) is not None:
+            queued.append(item)
+        queue.reopen()
+        return queued
+
+    def _new_checkpoint_session(self) -> CheckpointSession | None:
+        if self._checkpoint is None:
+            return None
+        if self.config.dry_run:
+            logger.warning("dry_run is set: the checkpoint is neither read nor written")
+            return None
+        make_store, label = self._checkpoint
+        check_resume_options(self.resume, self.checkpoint_version)
+        session = CheckpointSession(
+            make_store(), label=label, policy=self.resume, version=self.checkpoint_version
+        )
+        self._checkpoint_session = session
+        return session
+
+    async def _begin_run(self, total: int) -> None:
+        """Start a stream's batch: settings re-read, statistics reset."""
+        await self._prepare_batch()
+        self._results = []
+        self._stats = ProcessingStats(total=total, start_time=time.time())
+        self._progress_every = self.progress_interval
+        self._is_processing = True
+
+    def _publish_batch_started(self, total: int | None) -> None:
+        if self._dispatcher.observers:
+            self._dispatcher.publish(
+                ProcessingEvent.BATCH_STARTED,
+                {
+                    "total": total,
+                    "max_workers": self.max_workers,
+                    "start_time": self._stats.start_time,
+                },
+            )
+
+    def _check_stream_item(self, item: object) -> None:
+        """Raise TypeError for a streamed item that `add_work` would refuse."""
+        self._check_item(item)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aexit__(self, *exc_info: object) -> Literal[False]:
@@ -261,6 +428,8 @@ class ParallelBatchProcessor(
         ``async with`` does this on exit; call it yourself when not using ``async with``.
         """
         try:
+            if self._active_run is not None:
+                await self._active_run.close()
             await self._lifecycle.cleanup_all()
         finally:
             try:
@@ -339,7 +508,14 @@ class ParallelBatchProcessor(
         finally:
             self._workers = pool.started
 
-    def _make_pool(self) -> WorkerPool:
+    def _make_pool(
+        self,
+        *,
+        record: Any = None,
+        post: Any = None,
+        on_change: Any = None,
+        run: Any = None,
+    ) -> WorkerPool:
         dispatcher = self._dispatcher
         config = self.config
 
@@ -353,15 +529,16 @@ class ParallelBatchProcessor(
 
         return WorkerPool(
             self._queue,
-            run=self._runner.run,
+            run=run or self._runner.run,
             on_defect=self._defect_result,
-            record=self._record_result,
-            post=self._post_process,
+            record=record or self._record_result,
+            post=post or self._post_process,
             abandoned_result=self._abandoned_result,
             on_started=started,
             on_stopped=stopped,
             hook_timeout=config.hook_timeout,
             grace=config.cancellation_grace,
+            on_change=on_change,
         )
 
     def _stop_batch_with(self, exc: BaseException) -> bool:

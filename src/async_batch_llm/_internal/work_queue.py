@@ -106,6 +106,10 @@ class WorkQueue(asyncio.Queue[T]):
                 raise
         return True
 
+    def reopen(self) -> None:
+        """Accept items again after `close` (the next batch of the same processor)."""
+        self.closed = False
+
     def close(self) -> None:
         """No more items: waiters of `wait_item` are told once the queue is empty."""
         self.closed = True

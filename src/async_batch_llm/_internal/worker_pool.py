@@ -47,6 +47,8 @@ class WorkerPool:
         on_stopped: Called with a worker's id when it stops at a sentinel.
         hook_timeout: Seconds allowed per user hook call inside a worker.
         grace: Seconds a cancelled step gets before its worker is abandoned.
+        on_change: Called when a worker ends or is abandoned, or the batch must stop
+            (`fatal`), for an owner that does not wait in `run`.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class WorkerPool:
         on_stopped: Callable[[int], None],
         hook_timeout: float,
         grace: float,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
         self._run = run
@@ -84,6 +87,7 @@ class WorkerPool:
         self._changed: asyncio.Future[None] | None = None
         # A KeyboardInterrupt or SystemExit a worker caught, to raise from ``run``.
         self._fatal: BaseException | None = None
+        self._on_change = on_change
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -163,6 +167,37 @@ class WorkerPool:
         task.set_name(f"async-batch-llm-worker-{worker_id}")
         self.live[task] = None
         self.started.append(task)
+        if self._on_change is not None:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._wake()
+
+    @property
+    def dead_worker_error(self) -> BaseException | None:
+        """What killed a live worker (a defect), if one died of an exception."""
+        for task in self.live:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return task.exception()
+        return None
+
+    @property
+    def running(self) -> int:
+        """Live workers that have not stopped."""
+        return sum(1 for task in self.live if not task.done())
+
+    async def finish(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) for the live workers to empty the closed queue,
+        then cancel the abandoned ones; workers still running after that are cancelled."""
+        live = [task for task in self.live if not task.done()]
+        if live:
+            _, pending = await asyncio.wait(live, timeout=timeout)
+            if pending:
+                logger.error(
+                    "%d worker(s) did not stop within %.0fs; cancelling them", len(pending), timeout
+                )
+                await _cancel(pending, CANCELLATION_TIMEOUT)
+        await self._cancel_abandoned()
 
     async def _work(self, worker_id: int, handover: tuple[Any, Any] | None) -> None:
         task = asyncio.current_task()
@@ -242,6 +277,8 @@ class WorkerPool:
     def _wake(self) -> None:
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
+        if self._on_change is not None:
+            self._on_change()
 
     async def _wait_for_workers(self) -> None:
         """Wait until every live worker has stopped; re-raise what killed one."""

@@ -11,6 +11,7 @@ from async_batch_llm.checkpoint.base import (
     CheckpointError,
     CheckpointLockedError,
     CheckpointMismatchError,
+    CheckpointReport,
     CheckpointStore,
     DuplicateItemError,
     EntryState,
@@ -20,6 +21,7 @@ from async_batch_llm.checkpoint.memory import MemoryCheckpointStore
 
 __all__ = [
     "CheckpointEntry",
+    "CheckpointReport",
     "CheckpointError",
     "CheckpointLockedError",
     "CheckpointMismatchError",

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "CheckpointEntry",
+    "CheckpointReport",
     "CheckpointError",
     "CheckpointLockedError",
     "CheckpointMismatchError",
@@ -77,6 +78,31 @@ class CheckpointEntry:
     """The failed result's error text."""
     usage: dict[str, int] = field(default_factory=dict)
     """Token counts of the item's attempts."""
+
+
+@dataclass
+class CheckpointReport:
+    """What a run with a checkpoint reused and what it ran (`ParallelBatchProcessor.
+    checkpoint_report`, also logged at INFO when the run ends)."""
+
+    store: str
+    """The store (its path, for an SQLite store)."""
+    session: int
+    """Number of this run in the store (1 for the first)."""
+    replayed: int = 0
+    """Results read back instead of calling the provider."""
+    unfinished: int = 0
+    """Items the previous run had taken but not finished (queued, in flight, or finished
+    but not yet committed when it stopped): called again now. After a crash these are the
+    only items that may be paid for twice."""
+    run_again: int = 0
+    """Items with a stored outcome that is not reused: a failure (or, with
+    `ResumePolicy.REUSE_ALL`, an interrupted one), an edited prompt, an output that could
+    not be stored."""
+    new: int = 0
+    """Items the store had never seen."""
+    recorded: int = 0
+    """Outcomes this run committed."""
 
 
 @runtime_checkable

@@ -15,6 +15,9 @@ class ProcessingEvent(Enum):
     ITEM_STARTED = "item_started"
     ITEM_COMPLETED = "item_completed"
     ITEM_FAILED = "item_failed"
+    ITEM_REPLAYED = "item_replayed"
+    """A result read back from a checkpoint instead of produced by a call (payload:
+    ``item_id``, ``success``); such an item gets no ``ITEM_COMPLETED`` / ``ITEM_FAILED``."""
     RATE_LIMIT_HIT = "rate_limit_hit"
     COOLDOWN_STARTED = "cooldown_started"
     COOLDOWN_ENDED = "cooldown_ended"

@@ -1,0 +1,613 @@
+"""One streaming run: items taken lazily from a source, results handed out as they end.
+
+The parts, each a task or a callback of the run:
+
+- the **intake** task takes items from the sources (sync or async iterables) while fewer
+  than ``window`` items are ahead of the consumer (taken but their results not yet
+  handed out): the window bounds memory, whatever the source's size;
+- without a checkpoint it queues them for the workers; with one, the **store** task looks
+  them up in batches, replays what it may, claims the rest (so that a rerun knows they were
+  taken) and queues those, and commits the workers' outcomes in groups before anything
+  about them is published;
+- the **workers** (the processor's `WorkerPool`, started as items arrive, up to
+  ``max_workers``) run the items;
+- results are *published* in one place: counted, reported (progress, events),
+  post-processed, then put in the output, in completion order or, with ``ordered``, in
+  input order through a reorder buffer inside the same window;
+- the **consumer** is the async generator `StreamRun.results`; leaving it, however it is
+  left, shuts everything down: intake stops and sources are closed, in-flight calls are
+  cancelled, finished outcomes are committed, no task is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from async_batch_llm._internal.values import WorkItemResult
+from async_batch_llm.observers.base import ProcessingEvent
+
+if TYPE_CHECKING:
+    from async_batch_llm._internal.checkpointing import CheckpointSession
+    from async_batch_llm._internal.worker_pool import WorkerPool
+    from async_batch_llm.parallel import ParallelBatchProcessor
+
+__all__ = ["ReplayJob", "StreamRun", "default_window"]
+
+logger = logging.getLogger(__name__)
+
+#: Items looked up and claimed in one store call.
+LOOKUP_BATCH: Final = 512
+#: Seconds the consumer waits for workers to stop once every result is out.
+WORKER_STOP_TIMEOUT: Final = 30.0
+
+
+def default_window(max_workers: int) -> int:
+    """Items a stream keeps ahead of its consumer by default: enough to keep every worker
+    busy while results wait to be taken, and batches of store lookups large."""
+    return max(4 * max_workers, 64)
+
+
+class ReplayJob:
+    """A replayed result that still needs the post-processor: a worker runs it."""
+
+    __slots__ = ("item", "result", "seq")
+
+    def __init__(self, item: Any, result: WorkItemResult[Any, Any], seq: int) -> None:
+        self.item = item
+        self.result = result
+        self.seq = seq
+
+    @property
+    def item_id(self) -> str:
+        return str(self.item.item_id)
+
+    @property
+    def context(self) -> Any:
+        return self.item.context
+
+
+class _Window:
+    """Counts the items taken from the source whose results the consumer has not taken."""
+
+    __slots__ = ("_waiter", "ahead", "resume_at", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        # The intake resumes once a quarter of the window is free again, so that it takes
+        # items in runs instead of waking up for each one.
+        self.resume_at = size - max(1, size // 4)
+        self.ahead = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait_for_room(self) -> None:
+        while self.ahead >= self.size:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def release(self) -> None:
+        self.ahead -= 1
+        waiter = self._waiter
+        if waiter is not None and self.ahead <= self.resume_at and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Output:
+    """Results ready for the consumer, in completion order or (``ordered``) input order."""
+
+    __slots__ = ("_next", "_parked", "ordered", "ready")
+
+    def __init__(self, ordered: bool) -> None:
+        self.ordered = ordered
+        self.ready: deque[WorkItemResult[Any, Any]] = deque()
+        self._parked: dict[int, WorkItemResult[Any, Any] | None] = {}
+        self._next = 0
+
+    def put(self, seq: int, result: WorkItemResult[Any, Any] | None) -> None:
+        """Add the result of the item taken `seq`-th (``None``: it has none)."""
+        if not self.ordered:
+            if result is not None:
+                self.ready.append(result)
+            return
+        parked = self._parked
+        parked[seq] = result
+        while self._next in parked:
+            released = parked.pop(self._next)
+            self._next += 1
+            if released is not None:
+                self.ready.append(released)
+
+
+class _Sequence:
+    """Remembers the input position of each queued item (for ordered output)."""
+
+    __slots__ = ("_positions",)
+
+    def __init__(self) -> None:
+        # By object identity: the same item object may be queued twice.
+        self._positions: dict[int, list[int]] = {}
+
+    def add(self, item: object, seq: int) -> None:
+        self._positions.setdefault(id(item), []).append(seq)
+
+    def pop(self, item: object) -> int:
+        positions = self._positions[id(item)]
+        seq = positions.pop(0)
+        if not positions:
+            del self._positions[id(item)]
+        return seq
+
+
+class StreamRun:
+    """One run of `ParallelBatchProcessor.stream` (or of a checkpointed ``process_all``).
+
+    Args:
+        processor: The processor whose workers, statistics, hooks and events the run uses.
+        sources: Iterables or async iterables of work items, taken in order.
+        ordered: Hand results out in input order.
+        window: Most items taken ahead of the consumer.
+        total: The number of items, when known in advance (else counted as they come).
+        clean_up_strategies: Call ``cleanup()`` on the strategies when the run ends (a
+            stream does; ``process_all`` leaves it to the end of the processor).
+    """
+
+    def __init__(
+        self,
+        processor: ParallelBatchProcessor[Any, Any, Any],
+        sources: list[Any],
+        *,
+        ordered: bool,
+        window: int,
+        total: int | None,
+        clean_up_strategies: bool,
+    ) -> None:
+        self.processor = processor
+        self.sources = sources
+        self.ordered = ordered
+        self.window = _Window(window)
+        self.total = total
+        self.checkpoint: CheckpointSession | None = None
+        self.clean_up_strategies = clean_up_strategies
+        self.output = _Output(ordered)
+        self.post_processing = processor.post_processor is not None
+        self._positions = _Sequence() if ordered else None
+        self._next_seq = 0
+        self._outstanding = 0  # taken, no result published yet
+        self._intake_done = False
+        self._failure: BaseException | None = None  # stops the run at once
+        self._deferred: BaseException | None = None  # raised after the items in flight
+        self._consumer: asyncio.Future[None] | None = None
+        self._pool: WorkerPool | None = None
+        self._spawned = 0
+        self._intake: asyncio.Task[None] | None = None
+        self._iterators: list[Any] = []
+        # Checkpoint state: items waiting for their lookup, outcomes waiting for a commit
+        # (with the future of a worker waiting for it, when one does), held-back events.
+        self._incoming: list[tuple[int, Any]] = []
+        self._outcomes: list[tuple[Any, WorkItemResult[Any, Any] | None, Any, Any]] = []
+        self._store_task: asyncio.Task[None] | None = None
+        self._store_wake = asyncio.Event()
+        self._draining = False
+        self._held_events: dict[str, tuple[ProcessingEvent, dict[str, Any]]] = {}
+        self._restore_publish: Callable[[ProcessingEvent, dict[str, Any]], None] | None = None
+        self._shut_down = False
+        self._closed = asyncio.Event()
+        self._batch_started = False
+        self._owns_processor = False
+        self._generator: weakref.ref[Any] | None = None
+
+    # -- the consumer --------------------------------------------------------------------
+
+    async def results(self) -> AsyncIterator[WorkItemResult[Any, Any]]:
+        """The results, as they become available; see the module docstring."""
+        exit_error: BaseException | None = None
+        try:
+            await self._start()
+            output = self.output
+            ready = output.ready
+            window = self.window
+            while True:
+                if ready:
+                    result = ready.popleft()
+                    window.release()
+                    yield result
+                    continue
+                if self._failure is not None:
+                    raise self._failure
+                if self._intake_done and self._outstanding == 0:
+                    break
+                waiter = self._consumer = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self._consumer = None
+            await self._finish()
+        except BaseException as exc:
+            exit_error = exc
+            raise
+        finally:
+            await self._shut_down_run(exit_error)
+        if self._deferred is not None:
+            raise self._deferred
+
+    def _wake_consumer(self) -> None:
+        waiter = self._consumer
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._wake_consumer()
+
+    # -- start and end ---------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        processor = self.processor
+        previous = processor._active_run
+        if previous is not None and previous.abandoned:
+            # The last stream was dropped unfinished; the event loop is closing it.
+            await previous.close()
+        if processor._is_processing:
+            msg = "This processor is already running a batch; start the next one after it"
+            raise RuntimeError(msg)
+        processor._is_processing = True
+        processor._active_run = self
+        self._owns_processor = True
+        # What was queued with add_work goes first; it is taken only now, when the run
+        # starts, like process_all() does.
+        queued = processor._take_queued()
+        if queued:
+            self.sources.insert(0, queued)
+        self.checkpoint = processor._new_checkpoint_session()
+        await processor._begin_run(self.total or 0)
+        if self.checkpoint is not None:
+            await self.checkpoint.open()
+            runner = processor._runner
+            if processor._dispatcher.observers:
+                self._restore_publish = runner.publish_final
+                runner.publish_final = self._hold_event
+        self._batch_started = True
+        processor._publish_batch_started(self.total)
+        replays_run_on_workers = self.checkpoint is not None and self.post_processing
+        self._pool = processor._make_pool(
+            record=self._record,
+            post=self._post,
+            on_change=self._check_pool,
+            run=self._run_job if replays_run_on_workers else None,
+        )
+        processor._pool = self._pool
+        self._intake = asyncio.ensure_future(self._take_items())
+        if self.checkpoint is not None:
+            self._store_task = asyncio.ensure_future(self._store_loop())
+
+    async def _run_job(self, item: Any, worker: Any) -> WorkItemResult[Any, Any]:
+        if type(item) is ReplayJob:
+            return item.result
+        result: WorkItemResult[Any, Any] = await self.processor._runner.run(item, worker)
+        return result
+
+    async def _finish(self) -> None:
+        """Every result is out: let the workers stop and the last commits land."""
+        if self._pool is not None:
+            await self._pool.finish(WORKER_STOP_TIMEOUT)
+            if self._pool.fatal is not None:
+                raise self._pool.fatal
+        if self._store_task is not None:
+            await self._stop_store()
+            if self._failure is not None:
+                raise self._failure
+
+    def attach(self, stream: AsyncGenerator[WorkItemResult[Any, Any], None]) -> None:
+        """Remember the generator that runs `results` (weakly, so that dropping it
+        unfinished lets the event loop close it)."""
+        self._generator = weakref.ref(stream)
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the run's generator was dropped before it finished (its shutdown is
+        scheduled by the event loop's async-generator finaliser)."""
+        return self._generator is not None and self._generator() is None
+
+    async def close(self) -> None:
+        """Stop the run (as if its consumer left the loop) and wait until it has."""
+        stream = self._generator() if self._generator is not None else None
+        if stream is not None:
+            try:
+                await stream.aclose()
+            except RuntimeError:
+                # Iterated by another task right now: make that task's iteration stop.
+                self._fail(RuntimeError("The processor was shut down while the stream ran"))
+        if self._owns_processor:
+            await self._closed.wait()
+
+    async def _shut_down_run(self, exit_error: BaseException | None) -> None:
+        if not self._owns_processor:
+            return
+        if self._shut_down:
+            await self._closed.wait()
+            return
+        self._shut_down = True
+        try:
+            await self._shut_down_steps(exit_error)
+        finally:
+            self._closed.set()
+            if self.processor._active_run is self:
+                self.processor._active_run = None
+
+    async def _shut_down_steps(self, exit_error: BaseException | None) -> None:
+        processor = self.processor
+        grace = processor.config.cancellation_grace
+        try:
+            await self._stop_intake(grace)
+            if self._pool is not None:
+                await self._pool.cancel()
+            # Items queued but never started: a rerun finds them claimed but unfinished.
+            queue = processor._queue
+            while queue.take() is not None:
+                pass
+            if self._store_task is not None:
+                await self._stop_store()
+            if self.checkpoint is not None:
+                await self.checkpoint.close()
+                self.checkpoint.log_report()
+                if self._restore_publish is not None:
+                    processor._runner.publish_final = self._restore_publish
+        finally:
+            processor._is_processing = False
+            try:
+                quiet = isinstance(exit_error, asyncio.CancelledError | KeyboardInterrupt)
+                if self._batch_started and not quiet:
+                    await processor._on_batch_completed()
+            finally:
+                try:
+                    await processor._progress.cancel_all(grace)
+                finally:
+                    if self.clean_up_strategies:
+                        await processor._lifecycle.cleanup_all()
+
+    async def _stop_intake(self, grace: float) -> None:
+        task = self._intake
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=grace)
+        for iterator in self._iterators:
+            try:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await asyncio.wait_for(aclose(), grace)
+                else:
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()
+            except Exception:
+                logger.warning("Closing the stream's source failed", exc_info=True)
+        self._iterators.clear()
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def _take_items(self) -> None:
+        window = self.window
+        try:
+            for source in self.sources:
+                if hasattr(source, "__aiter__"):
+                    iterator = source.__aiter__()
+                    self._iterators.append(iterator)
+                    while True:
+                        if window.ahead >= window.size:
+                            await window.wait_for_room()
+                        try:
+                            item = await iterator.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        self._take(item)
+                else:
+                    iterator = iter(source)
+                    self._iterators.append(iterator)
+                    for item in iterator:
+                        self._take(item)
+                        if window.ahead >= window.size:
+                            await window.wait_for_room()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The source (or an item it gave) is broken: what was taken still finishes.
+            self._deferred = exc
+        finally:
+            self._intake_done = True
+            if self.checkpoint is None:
+                self.processor._queue.close()
+            else:
+                self._store_wake.set()
+            self._wake_consumer()
+
+    def _take(self, item: Any) -> None:
+        processor = self.processor
+        processor._check_stream_item(item)
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self.window.ahead += 1
+        self._outstanding += 1
+        if self.total is None:
+            processor._stats.total += 1
+        if self.checkpoint is not None:
+            self._incoming.append((seq, item))
+            self._store_wake.set()
+        else:
+            self._queue_live(item, seq)
+
+    def _queue_live(self, item: Any, seq: int) -> None:
+        if self._positions is not None and type(item) is not ReplayJob:
+            self._positions.add(item, seq)
+        self.processor._queue.put_nowait(item)
+        if self._spawned < self.processor.max_workers:
+            self._spawned += 1
+            assert self._pool is not None
+            self._pool.spawn(1)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _record(self, result: WorkItemResult[Any, Any], item: Any, worker: Any) -> bool:
+        """The pool's record step: publish now, or hand the outcome to the store task, or
+        leave it to `_post` (which post-processes it on the worker)."""
+        if self.post_processing:
+            return True
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            self.processor._count_result(result, item)
+            self._put(self._positions.pop(item) if self._positions is not None else 0, result)
+            return False
+        entry = checkpoint.entry_for(item, result, worker.replayable_failure)
+        self._outcomes.append((entry, result, item, None))
+        self._store_wake.set()
+        return False
+
+    async def _post(self, result: WorkItemResult[Any, Any], worker: Any) -> None:
+        item = worker.item
+        processor = self.processor
+        if type(item) is ReplayJob:
+            self._count_replayed(result, item.item)
+            seq = item.seq
+        else:
+            checkpoint = self.checkpoint
+            if checkpoint is not None:
+                entry = checkpoint.entry_for(item, result, worker.replayable_failure)
+                committed = asyncio.get_running_loop().create_future()
+                self._outcomes.append((entry, result, item, committed))
+                self._store_wake.set()
+                if not await committed:
+                    return  # the store failed: nothing about the item is published
+                self._release_event(item.item_id)
+            processor._count_result(result, item)
+            seq = self._positions.pop(item) if self._positions is not None else 0
+        await processor._run_post_processor(result, worker.deadline)
+        self._put(seq, result)
+
+    def _count_replayed(self, result: WorkItemResult[Any, Any], item: Any) -> None:
+        processor = self.processor
+        processor._count_result(result, item, spent=False)
+        dispatcher = processor._dispatcher
+        if dispatcher.observers:
+            dispatcher.publish(
+                ProcessingEvent.ITEM_REPLAYED,
+                {"item_id": item.item_id, "success": result.success},
+            )
+
+    def _put(self, seq: int, result: WorkItemResult[Any, Any] | None) -> None:
+        self._outstanding -= 1
+        self.output.put(seq, result)
+        if result is None:
+            self.window.release()
+        self._wake_consumer()
+
+    def _hold_event(self, event: ProcessingEvent, payload: dict[str, Any]) -> None:
+        # An item's final event waits for its commit: observers (a progress bar) must not
+        # show an outcome that a crash could still lose.
+        self._held_events[str(payload.get("item_id"))] = (event, payload)
+
+    def _release_event(self, item_id: str) -> None:
+        held = self._held_events.pop(item_id, None)
+        if held is not None:
+            self.processor._dispatcher.publish(*held)
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    def _check_pool(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        fatal = pool.fatal
+        if fatal is not None:
+            self._fail(fatal)
+            return
+        error = pool.dead_worker_error
+        if error is not None:
+            self._fail(error)
+
+    # -- the store ----------------------------------------------------------------------------
+
+    async def _store_loop(self) -> None:
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
+        wake = self._store_wake
+        queue_closed = False
+        try:
+            while True:
+                if self._outcomes:
+                    batch, self._outcomes = self._outcomes, []
+                    await checkpoint.commit([outcome[0] for outcome in batch])
+                    self._published_committed(batch)
+                    continue
+                if self._draining:
+                    return
+                if self._incoming and self._failure is None:
+                    batch_in = self._incoming[:LOOKUP_BATCH]
+                    del self._incoming[:LOOKUP_BATCH]
+                    await self._admit(checkpoint, batch_in)
+                    continue
+                if self._intake_done and not self._incoming and not queue_closed:
+                    queue_closed = True
+                    self.processor._queue.close()
+                wake.clear()
+                await wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            for _, _, _, committed in self._outcomes:
+                if committed is not None and not committed.done():
+                    committed.set_result(False)
+            self._outcomes.clear()
+
+    def _published_committed(self, batch: list[tuple[Any, Any, Any, Any]]) -> None:
+        positions = self._positions
+        count = self.processor._count_result
+        for _, result, item, committed in batch:
+            if committed is not None:
+                if not committed.done():
+                    committed.set_result(True)
+                continue
+            self._release_event(item.item_id)
+            count(result, item)
+            self._put(positions.pop(item) if positions is not None else 0, result)
+
+    async def _admit(self, checkpoint: CheckpointSession, batch: list[tuple[int, Any]]) -> None:
+        decisions, dropped, stop = await checkpoint.admit(batch)
+        for seq, item, replay in decisions:
+            if replay is None:
+                self._queue_live(item, seq)
+            elif self.post_processing:
+                self._queue_live(ReplayJob(item, replay, seq), seq)
+            else:
+                self._count_replayed(replay, item)
+                self._put(seq, replay)
+        if stop is not None:
+            self._deferred = stop
+            for seq, _ in dropped:
+                self._put(seq, None)
+            for seq, _ in self._incoming:
+                self._put(seq, None)
+            self._incoming.clear()
+            if self._intake is not None:
+                self._intake.cancel()
+            self._intake_done = True
+            self._wake_consumer()
+
+    async def _stop_store(self) -> None:
+        task = self._store_task
+        if task is None:
+            return
+        self._draining = True
+        self._store_wake.set()
+        if not task.done():
+            await asyncio.wait([task])
+        self._store_task = None
+
