@@ -18,6 +18,7 @@ from async_batch_llm.checkpoint.base import (
     ResumePolicy,
 )
 from async_batch_llm.checkpoint.memory import MemoryCheckpointStore
+from async_batch_llm.checkpoint.sqlite import SQLiteCheckpointReader, SQLiteCheckpointStore
 
 __all__ = [
     "CheckpointEntry",
@@ -29,5 +30,7 @@ __all__ = [
     "DuplicateItemError",
     "EntryState",
     "MemoryCheckpointStore",
+    "SQLiteCheckpointReader",
+    "SQLiteCheckpointStore",
     "ResumePolicy",
 ]
