@@ -67,11 +67,12 @@ class TestPublicNames:
         assert pkg.MetricsObserver is observers_metrics.MetricsObserver
 
     def test_processing_event_members(self) -> None:
-        """ProcessingEvent has exactly the ten members with their lower-case values."""
+        """ProcessingEvent has 0.7.2's ten members plus ITEM_REPLAYED (checkpoint replays)."""
         assert {member.name: member.value for member in ProcessingEvent} == {
             "ITEM_STARTED": "item_started",
             "ITEM_COMPLETED": "item_completed",
             "ITEM_FAILED": "item_failed",
+            "ITEM_REPLAYED": "item_replayed",
             "RATE_LIMIT_HIT": "rate_limit_hit",
             "COOLDOWN_STARTED": "cooldown_started",
             "COOLDOWN_ENDED": "cooldown_ended",

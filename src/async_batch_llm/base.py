@@ -285,8 +285,8 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         """
         if self._processing_started:
             msg = (
-                "Cannot add work after process_all() or stream() has started: queue every "
-                "item first, pass the rest to stream(), or use a new processor"
+                "Cannot add work after process_all() has started (or stream()): queue "
+                "every item first, pass the rest to stream(), or use a new processor"
             )
             raise RuntimeError(msg)
         self._check_item(work_item, "add_work()")

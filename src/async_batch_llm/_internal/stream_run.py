@@ -610,4 +610,3 @@ class StreamRun:
         if not task.done():
             await asyncio.wait([task])
         self._store_task = None
-
