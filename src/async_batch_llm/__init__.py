@@ -22,6 +22,7 @@ from async_batch_llm import (  # noqa: F401 - imported to become package attribu
     parallel,
     rate_control,
     strategies,
+    streaming,
     testing,
     token_extractor,
 )
@@ -60,6 +61,9 @@ from async_batch_llm.strategies import (
     RateLimitStrategy,
     TokenTrackingError,
 )
+
+# Beyond 0.7.2, importable from here but not in ``__all__`` (which keeps 0.7.2's names).
+from async_batch_llm.streaming import process_stream as process_stream
 
 
 def __getattr__(name: str) -> str:
