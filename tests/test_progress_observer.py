@@ -169,7 +169,8 @@ def test_repr_shows_the_counts() -> None:
     """The repr reports progress and outcomes."""
     observer, _ = make_observer()
     assert repr(observer) == (
-        "RichProgressObserver(completed=0/0, succeeded=0, failed=0, rate_limit_hits=0, cooldowns=0)"
+        "RichProgressObserver(completed=0/0, succeeded=0, failed=0, replayed=0, "
+        "rate_limit_hits=0, cooldowns=0)"
     )
 
 
@@ -619,3 +620,35 @@ async def test_on_a_real_terminal_a_stderr_style_handler_prints_above_the_bar(
     assert shown[-1] == PseudoTerminal.END
     assert shown[-4] == f"WARNING {log.name}: Item a attempt 1/5 failed (503); retrying in 0.2s"
     assert assert_display_at_the_bottom(shown[:-1], 2) == (2, 2, 0)
+
+
+async def test_replayed_items_are_counted_apart() -> None:
+    """Replayed items complete the bar but are not counted as run, nor in the throughput."""
+    observer, out = make_observer()
+    await send(
+        observer,
+        (Event.BATCH_STARTED, {"total": 3}),
+        (Event.ITEM_REPLAYED, {"item_id": "a", "success": True}),
+        (Event.ITEM_REPLAYED, {"item_id": "b", "success": False}),
+        (Event.ITEM_COMPLETED, {"item_id": "c", "duration": 0.1}),
+    )
+    assert (observer.completed, observer.replayed) == (3, 2)
+    assert (observer.succeeded, observer.failed) == (1, 0)
+    assert "1 ok, 0 failed, 2 replayed" in observer.status_line().plain
+    await send(observer, (Event.BATCH_COMPLETED, {"total": 3}))
+    assert "3/3" in out.getvalue()
+
+
+async def test_a_stream_of_unknown_length_has_no_total_until_it_ends() -> None:
+    observer, out = make_observer()
+    await send(
+        observer,
+        (Event.BATCH_STARTED, {"total": None}),
+        (Event.ITEM_COMPLETED, {"item_id": "a", "duration": 0.1}),
+    )
+    assert observer.total is None
+    assert "completed=1/?" in repr(observer)
+    await send(observer, (Event.BATCH_COMPLETED, {"total": 1}))
+    assert observer.total == 1
+    assert "1/1" in out.getvalue()
+    assert "replayed" not in out.getvalue()

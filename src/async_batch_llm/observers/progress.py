@@ -63,13 +63,19 @@ __all__ = ["RichProgressObserver"]
 
 
 class _ThroughputColumn(ProgressColumn):
-    """Average items per second since the batch started."""
+    """Average items per second since the batch started, of the items run (replayed
+    ones, read back from a checkpoint, would inflate it)."""
+
+    def __init__(self, observer: RichProgressObserver) -> None:
+        super().__init__()
+        self._observer = observer
 
     def render(self, task: Task) -> Text:
         elapsed = task.finished_time if task.finished else task.elapsed
         if not elapsed:
             return Text("- items/s", style="progress.data.speed")
-        return Text(f"{task.completed / elapsed:,.1f} items/s", style="progress.data.speed")
+        run = self._observer.completed - self._observer.replayed
+        return Text(f"{run / elapsed:,.1f} items/s", style="progress.data.speed")
 
 
 class _Display(Progress):
@@ -82,7 +88,7 @@ class _Display(Progress):
             TextColumn("[progress.description]{task.description}"),
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
-            _ThroughputColumn(),
+            _ThroughputColumn(observer),
             TimeElapsedColumn(),
             **options,
         )
@@ -166,8 +172,10 @@ class RichProgressObserver(BaseObserver):
     """An observer that draws a live progress display of the batch with rich.
 
     Counts come from the processor's events: every item ends with exactly one
-    `ITEM_COMPLETED` or `ITEM_FAILED`, so `completed` reaches `total` when the batch
-    is done. Rate-limit hits come from `RATE_LIMIT_HIT`; cooldowns from
+    `ITEM_COMPLETED`, `ITEM_FAILED` or (read back from a checkpoint) `ITEM_REPLAYED`, so
+    `completed` reaches `total` when the batch is done; replayed items are counted apart
+    from the ones run. A stream of unknown length shows a bar without a total.
+    Rate-limit hits come from `RATE_LIMIT_HIT`; cooldowns from
     `COOLDOWN_STARTED` / `COOLDOWN_ENDED` (with the default rate-limit strategies) or
     from the pause a `RATE_LIMIT_HIT` reports (with
     `async_batch_llm.rate_control.AdaptiveRateLimitStrategy`).
@@ -205,10 +213,12 @@ class RichProgressObserver(BaseObserver):
         ValueError: `refresh_per_second` is not positive.
 
     Attributes:
-        total: Items in the current batch (from `BATCH_STARTED`).
-        completed: Items with a final result so far.
-        succeeded: Items that succeeded.
-        failed: Items that failed.
+        total: Items in the current batch (from `BATCH_STARTED`); ``None`` for a stream of
+            unknown length until it ends.
+        completed: Items with a final result so far, replayed ones included.
+        succeeded: Items run that succeeded.
+        failed: Items run that failed.
+        replayed: Items whose result was read back from a checkpoint.
         rate_limit_hits: Attempts that were rate limited.
         cooldowns: Shared cooldowns started (with `AdaptiveRateLimitStrategy`: scope
             pauses started).
@@ -232,8 +242,9 @@ class RichProgressObserver(BaseObserver):
         self.console = console if console is not None else Console()
         self.transient = transient
         self.refresh_per_second = refresh_per_second
-        self.total = 0
+        self.total: int | None = 0
         self.completed = 0
+        self.replayed = 0
         self.succeeded = 0
         self.failed = 0
         self.rate_limit_hits = 0
@@ -259,6 +270,8 @@ class RichProgressObserver(BaseObserver):
         text.append(f"{self.succeeded:,} ok", style="green")
         text.append(", ")
         text.append(f"{self.failed:,} failed", style="red" if self.failed else "")
+        if self.replayed:
+            text.append(f", {self.replayed:,} replayed", style="cyan")
         text.append(", ")
         text.append(
             _plural(self.rate_limit_hits, "rate limit"),
@@ -273,7 +286,8 @@ class RichProgressObserver(BaseObserver):
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
         """Update the counters and the display for `event`."""
         if event is ProcessingEvent.BATCH_STARTED:
-            self._start(int(data.get("total", 0)))
+            total = data.get("total", 0)
+            self._start(None if total is None else int(total))
         elif event is ProcessingEvent.ITEM_COMPLETED:
             self.completed += 1
             self.succeeded += 1
@@ -281,6 +295,10 @@ class RichProgressObserver(BaseObserver):
         elif event is ProcessingEvent.ITEM_FAILED:
             self.completed += 1
             self.failed += 1
+            self._advance()
+        elif event is ProcessingEvent.ITEM_REPLAYED:
+            self.completed += 1
+            self.replayed += 1
             self._advance()
         elif event is ProcessingEvent.RATE_LIMIT_HIT:
             self.rate_limit_hits += 1
@@ -296,6 +314,10 @@ class RichProgressObserver(BaseObserver):
         elif event is ProcessingEvent.COOLDOWN_ENDED:
             self._paused_until = 0.0
         elif event is ProcessingEvent.BATCH_COMPLETED:
+            if self.total is None:
+                self.total = self.completed
+                if self._progress is not None and self._task is not None:
+                    self._progress.update(self._task, total=self.total)
             self._advance()
             self.stop()
 
@@ -331,15 +353,16 @@ class RichProgressObserver(BaseObserver):
 
     def __repr__(self) -> str:
         return (
-            f"RichProgressObserver(completed={self.completed}/{self.total}, "
-            f"succeeded={self.succeeded}, failed={self.failed}, "
+            f"RichProgressObserver(completed={self.completed}/"
+            f"{'?' if self.total is None else self.total}, "
+            f"succeeded={self.succeeded}, failed={self.failed}, replayed={self.replayed}, "
             f"rate_limit_hits={self.rate_limit_hits}, cooldowns={self.cooldowns})"
         )
 
-    def _start(self, total: int) -> None:
+    def _start(self, total: int | None) -> None:
         self.stop()
         self.total = total
-        self.completed = self.succeeded = self.failed = 0
+        self.completed = self.succeeded = self.failed = self.replayed = 0
         self.rate_limit_hits = self.cooldowns = 0
         self._paused_until = 0.0
         progress = _Display(
