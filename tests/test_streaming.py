@@ -345,3 +345,77 @@ async def test_stream_counts_stats_and_sends_batch_events() -> None:
     completed = observer.of(ProcessingEvent.BATCH_COMPLETED)
     assert len(completed) == 1
     assert completed[0]["total"] == 7
+
+
+class StubbornStrategy(LLMCallStrategy[str]):
+    """Ignores cancellation until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[str, TokenUsage]:
+        self.started.set()
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                continue
+        return prompt, dict(USAGE)  # type: ignore[return-value]
+
+
+async def test_a_second_cancellation_does_not_cut_the_shutdown_short() -> None:
+    """Regression: cancelling the consumer again while the stream shut down (waiting for a
+    call that ignores its cancellation) skipped the last steps and left the store open."""
+    from async_batch_llm.checkpoint import MemoryCheckpointStore
+
+    store = MemoryCheckpointStore()
+    stubborn = StubbornStrategy()
+    config = fast_config(max_workers=1, cancellation_grace=0.05)
+    async with ParallelBatchProcessor(config=config, checkpoint=store) as processor:
+
+        async def consume() -> None:
+            async for _ in processor.stream(items_for(stubborn, 3)):
+                pass
+
+        task = asyncio.ensure_future(consume())
+        await stubborn.started.wait()
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stubborn.release.set()  # so that the run does not wait out its stop timeout
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # The store was closed: a new run can open it.
+    async with ParallelBatchProcessor(config=fast_config(), checkpoint=store) as processor:
+        results = [r async for r in processor.stream(items_for(EchoStrategy(), 3, prefix="x"))]
+    assert len(results) == 3
+    assert not other_tasks()
+
+
+async def test_a_post_processor_that_ignores_cancellation_does_not_hold_its_result() -> None:
+    """Regression: a result whose post-processor hung and ignored its cancellation was never
+    yielded, so the stream waited forever."""
+    release = asyncio.Event()
+
+    async def stubborn_post(result: Any) -> None:
+        if result.item_id == "item-1":
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue
+
+    config = fast_config(max_workers=2, post_processor_timeout=0.01, cancellation_grace=0.01)
+    ids: list[str] = []
+    async with ParallelBatchProcessor(config=config, post_processor=stubborn_post) as processor:
+        async for result in processor.stream(items_for(EchoStrategy(), 4)):
+            ids.append(result.item_id)
+            if len(ids) == 4:
+                release.set()  # so that the run does not wait out its stop timeout
+    assert sorted(ids) == [f"item-{i}" for i in range(4)]

@@ -103,7 +103,11 @@ class LLMWorkItem(Generic[TInput, TOutput, TContext]):
 
 @dataclass
 class BatchResult(Generic[TOutput, TContext]):
-    """All results of a batch with summary counts, always recomputed from ``results``."""
+    """All results of a batch with summary counts, always recomputed from ``results``.
+
+    The token totals are what this run spent: results replayed from a checkpoint keep the
+    usage of the run that made them in ``token_usage`` but are not added again.
+    """
 
     results: list[WorkItemResult[TOutput, TContext]]
     total_items: int = 0
@@ -119,7 +123,7 @@ class BatchResult(Generic[TOutput, TContext]):
             if result.success:
                 succeeded += 1
             usage: Any = result.token_usage
-            if not usage:
+            if not usage or result.replayed:
                 continue
             if type(usage) is dict:
                 get = usage.get

@@ -185,6 +185,8 @@ class StreamRun:
         self._deferred: BaseException | None = None  # raised after the items in flight
         self._consumer: asyncio.Future[None] | None = None
         self._pool: WorkerPool | None = None
+        # Results in the post-processor, by worker: published once it returns.
+        self._posting: dict[Any, tuple[int, WorkItemResult[Any, Any]]] = {}
         self._spawned = 0
         self._intake: asyncio.Task[None] | None = None
         self._iterators: list[Any] = []
@@ -335,12 +337,24 @@ class StreamRun:
             await self._closed.wait()
             return
         self._shut_down = True
+        # In a task of its own: a cancellation of the consumer (a second one, or a stray
+        # one raised by user code during the shutdown) must not skip the last commits or
+        # leave the store open. Every step is bounded, so waiting for it is too.
+        steps = asyncio.ensure_future(self._shut_down_steps(exit_error))
+        interrupted: BaseException | None = None
         try:
-            await self._shut_down_steps(exit_error)
+            while not steps.done():
+                try:
+                    await asyncio.wait([steps])
+                except asyncio.CancelledError as exc:
+                    interrupted = exc
+            steps.result()
         finally:
             self._closed.set()
             if self.processor._active_run is self:
                 self.processor._active_run = None
+        if interrupted is not None:
+            raise interrupted
 
     async def _shut_down_steps(self, exit_error: BaseException | None) -> None:
         processor = self.processor
@@ -487,8 +501,16 @@ class StreamRun:
                 self._release_event(item.item_id)
             processor._count_result(result, item)
             seq = self._positions.pop(item) if self._positions is not None else 0
-        await processor._run_post_processor(result, worker.deadline)
-        self._put(seq, result)
+        # Published when the post-processor returns, or when its worker is given up on for
+        # ignoring its cancellation there (see `_check_pool`), whichever comes first.
+        posting = self._posting
+        posting[worker] = (seq, result)
+        try:
+            await processor._run_post_processor(result, worker.deadline)
+        finally:
+            pending = posting.pop(worker, None)
+            if pending is not None:
+                self._put(*pending)
 
     def _count_replayed(self, result: WorkItemResult[Any, Any], item: Any) -> None:
         processor = self.processor
@@ -523,6 +545,10 @@ class StreamRun:
         pool = self._pool
         if pool is None:
             return
+        posting = self._posting
+        if posting:
+            for worker in [worker for worker in posting if worker.abandoned]:
+                self._put(*posting.pop(worker))
         fatal = pool.fatal
         if fatal is not None:
             self._fail(fatal)

@@ -135,7 +135,8 @@ class WorkItemResult(Generic[TOutput, TContext]):
     """Kept for compatibility; the processor does not fill it in."""
     replayed: bool = False
     """Whether the result was read back from a checkpoint store instead of produced by a
-    call in this run (`token_usage` is then what the item cost when it was produced)."""
+    call in this run (`token_usage` is then what the item cost when it was produced; the
+    batch's token totals and statistics leave it out, as this run did not spend it)."""
 
 
 for _public in (TokenUsage, RetryState, LLMResponse, WorkItemResult):

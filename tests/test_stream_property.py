@@ -1,0 +1,160 @@
+"""Durable runs, checked by hypothesis over random faults, hooks, windows and early exits.
+
+A first run streams the items with a checkpoint, through the misbehaving fakes of
+`test_invariant_property` (calls that fail, hang, cancel themselves; hooks that raise or
+hang), and is left early: by ``break`` after a random number of results, by cancelling
+the consumer, or by a call raising ``KeyboardInterrupt``. A second run, with calls that
+all succeed, then streams the same items. What must hold:
+
+- durable before published: every result the first run handed out was already committed;
+- never paid twice: the second run calls exactly the items without a committed success,
+  and replays every committed success;
+- the second run ends every item in exactly one result, and leaves all of them succeeded
+  in the store;
+- neither run leaves a task of ours running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from async_batch_llm import LLMWorkItem, MetricsObserver, ParallelBatchProcessor
+from async_batch_llm.checkpoint import EntryState, MemoryCheckpointStore
+from test_invariant_property import (
+    MisbehavingObserver,
+    ScheduledStrategy,
+    World,
+    async_callback,
+    config_for,
+    scenarios,
+    sync_callback,
+)
+from virtual_time import run_virtual
+
+
+class CountingStrategy(ScheduledStrategy):
+    """A scheduled strategy that records which prompts it was called with."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.called: list[str] = []
+
+    async def execute(self, prompt: str, *args: Any, **kwargs: Any) -> Any:
+        self.called.append(prompt)
+        return await super().execute(prompt, *args, **kwargs)
+
+
+@st.composite
+def durable_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    scenario = draw(scenarios())
+    scenario["middleware"] = None  # covered by the in-memory invariant; keeps runs short
+    scenario["ordered"] = draw(st.booleans())
+    scenario["window"] = draw(st.none() | st.integers(min_value=1, max_value=8))
+    scenario["break_after"] = draw(st.none() | st.integers(min_value=0, max_value=12))
+    return scenario
+
+
+def committed(store: MemoryCheckpointStore, item_id: str) -> bool:
+    entry = store.entries.get(item_id)
+    return entry is not None and entry.state is not EntryState.PENDING
+
+
+async def first_run(
+    scenario: dict[str, Any], store: MemoryCheckpointStore, items: list[Any], world: World
+) -> None:
+    progress = post = None
+    if scenario["progress"] is not None:
+        is_async, behaviour = scenario["progress"]
+        progress = (async_callback if is_async else sync_callback)(world, behaviour)
+    if scenario["post"] is not None:
+        is_async, behaviour = scenario["post"]
+        post = (async_callback if is_async else sync_callback)(world, behaviour)
+    processor = ParallelBatchProcessor[str, str, None](
+        config=config_for(scenario),
+        observers=[MisbehavingObserver(world, scenario["observer"])],
+        progress_callback=progress,
+        post_processor=post,
+        checkpoint=store,
+    )
+    taken = 0
+    try:
+        async with processor:
+            stream = processor.stream(
+                iter(items), ordered=scenario["ordered"], window=scenario["window"]
+            )
+            async with asyncio.timeout(scenario["cancel_after"]), aclosing(stream):
+                async for result in stream:
+                    assert committed(store, result.item_id), "durable before published"
+                    taken += 1
+                    if taken == scenario["break_after"]:
+                        break
+    except TimeoutError:
+        pass
+    except KeyboardInterrupt:
+        assert scenario["interrupt_item"] is not None
+
+
+async def check(scenario: dict[str, Any]) -> None:
+    world = World()
+    strategies = [
+        CountingStrategy(world, {}, scenario["prepare"]) for _ in range(scenario["strategies"])
+    ]
+    items = []
+    for index, schedule in enumerate(scenario["schedules"]):
+        strategy = strategies[index % len(strategies)]
+        strategy.schedules[f"p{index}"] = list(schedule)
+        if scenario["interrupt_item"] == index:
+            strategy.schedules[f"p{index}"].insert(0, "keyboard_interrupt")
+        items.append(LLMWorkItem(item_id=f"i{index}", strategy=strategy, prompt=f"p{index}"))
+    store = MemoryCheckpointStore()
+    before = asyncio.all_tasks()
+
+    await first_run(scenario, store, items, world)
+    world.release.set()
+    world.thread_release.set()
+    leftover = asyncio.all_tasks() - before
+    if leftover:  # only user code that ignored cancellation, finishing now
+        await asyncio.wait(leftover, timeout=60)
+    assert not (asyncio.all_tasks() - before)
+
+    succeeded = {
+        item_id for item_id, entry in store.entries.items() if entry.state is EntryState.SUCCEEDED
+    }
+    for strategy in strategies:
+        strategy.called.clear()
+        strategy.prepare_behaviour = "ok"
+        for prompt in strategy.schedules:
+            strategy.schedules[prompt] = []
+    metrics = MetricsObserver()
+    async with ParallelBatchProcessor[str, str, None](
+        config=config_for(scenario), observers=[metrics], checkpoint=store
+    ) as processor:
+        results = [r async for r in processor.stream(items, ordered=scenario["ordered"])]
+    ids = [item.item_id for item in items]
+    assert sorted(r.item_id for r in results) == sorted(ids), "one result per item"
+    assert {r.item_id for r in results if r.replayed} == succeeded, "every success replays"
+    called = {f"i{prompt[1:]}" for strategy in strategies for prompt in strategy.called}
+    assert called == set(ids) - succeeded, "only what was not committed is paid again"
+    assert all(r.success for r in results)
+    assert all(store.entries[i].state is EntryState.SUCCEEDED for i in ids)
+    exported = await metrics.get_metrics()
+    assert exported.get("items_replayed", 0) == len(succeeded)
+    assert exported["items_processed"] == len(ids) - len(succeeded)
+    assert not (asyncio.all_tasks() - before)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(durable_scenarios())
+def test_durable_runs_never_pay_twice(scenario: dict[str, Any]) -> None:
+    """See the module docstring."""
+    run_virtual(check(scenario))
