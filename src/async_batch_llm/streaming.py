@@ -2,13 +2,16 @@
 
 `process_stream` is for code that would otherwise be ``asyncio.gather`` over a semaphore:
 no strategy class to write and no ids to invent. It builds a `ParallelBatchProcessor`
-for the run, streams the prompts through it and closes it when the loop ends::
+for the run, streams the prompts through it and closes it when the loop ends:
 
-    async def call(prompt: str) -> str:
-        ...
+```python
+async def call(prompt: str) -> str:
+    ...
 
-    async for result in process_stream(call, prompts, checkpoint="run.sqlite"):
+async with aclosing(process_stream(call, prompts, checkpoint="run.sqlite")) as results:
+    async for result in results:
         print(result.item_id, result.output)
+```
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ from async_batch_llm.parallel import ParallelBatchProcessor
 
 __all__ = ["CallFunction", "FunctionStrategy", "PromptSpec", "process_stream"]
 
-#: An ``async def call(prompt)`` returning the output, or ``(output, token_usage)``.
 CallFunction: TypeAlias = Callable[[str], Awaitable[Any]]
-#: One prompt: a string (its id is its position), ``(id, prompt)``, ``(id, prompt,
-#: context)`` or a ready `LLMWorkItem`.
+"""An ``async def call(prompt)`` returning the output, or ``(output, token_usage)``."""
 PromptSpec: TypeAlias = str | tuple[Any, str] | tuple[Any, str, Any] | LLMWorkItem[Any, Any, Any]
+"""One prompt: a string (its id is its position), ``(id, prompt)``, ``(id, prompt,
+context)`` or a ready `LLMWorkItem`."""
 
 _NO_USAGE: TokenUsage = {}
 

@@ -104,6 +104,10 @@ async def post_process(result: WorkItemResult[str, None]) -> None:
     await asyncio.sleep(0)
 
 
+def _state_of(row: Any) -> int:
+    return int(row[4]) if len(row) > 4 else STATE_CODES["pending"]
+
+
 def install_pause(pause: dict[str, Any], control_fd: int) -> None:
     """Make the store's connection stop at the pause point (see the module docstring).
 
@@ -128,7 +132,10 @@ def install_pause(pause: dict[str, Any], control_fd: int) -> None:
             if sql.lstrip().upper().startswith("INSERT INTO ENTRIES"):
                 self.entry_rows += len(rows)
                 if kind in STATE_CODES:
-                    self.wanted_rows += sum(1 for row in rows if row[4] == STATE_CODES[kind])
+                    # A claim's row binds 4 values (its state is in the statement).
+                    self.wanted_rows += sum(
+                        1 for row in rows if _state_of(row) == STATE_CODES[kind]
+                    )
             return super().executemany(sql, rows)
 
         def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:

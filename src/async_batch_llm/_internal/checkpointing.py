@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from async_batch_llm._internal.values import WorkItemResult
 from async_batch_llm.checkpoint._codec import UNSTORABLE, decode_output, encode_output
@@ -29,7 +29,13 @@ from async_batch_llm.checkpoint.base import (
     ResumePolicy,
 )
 
-__all__ = ["CheckpointSession", "Decision", "check_resume_options", "checkpoint_factory"]
+__all__ = [
+    "Admitted",
+    "CheckpointSession",
+    "Decision",
+    "check_resume_options",
+    "checkpoint_factory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,19 @@ FORMAT: Final = "async-batch-llm/1"
 
 #: A decision for one item: the stored result to replay, or ``None`` to run it.
 Decision = tuple[int, Any, WorkItemResult[Any, Any] | None]
+
+
+class Admitted(NamedTuple):
+    """What `CheckpointSession.admit` decided for a batch of items."""
+
+    decisions: list[Decision]
+    """Per item, in batch order: replay the stored result, or run it."""
+    dropped: list[tuple[int, Any]]
+    """The items after a duplicate id, which stopped the batch."""
+    stop: Exception | None
+    """The `DuplicateItemError` that stopped the batch, if one did."""
+    claims: list[CheckpointEntry]
+    """Entries claiming the items to run, to commit before they are queued."""
 
 
 class CheckpointSession:
@@ -75,6 +94,8 @@ class CheckpointSession:
         self._described: dict[str, Any] = {}
         self._new_described = False
         self._opened = False
+        # Prompt hash and fingerprint of each claimed item (by object), for its outcome.
+        self._keys: dict[int, tuple[str, str]] = {}
 
     async def open(self) -> None:
         """Open the store and start a new session in it.
@@ -123,13 +144,11 @@ class CheckpointSession:
             "save_meta",
         )
 
-    async def admit(
-        self, batch: Sequence[tuple[int, Any]]
-    ) -> tuple[list[Decision], list[tuple[int, Any]], Exception | None]:
-        """Decide for each ``(seq, item)`` whether to replay or run it; claim those to run.
+    async def admit(self, batch: Sequence[tuple[int, Any]]) -> Admitted:
+        """Decide for each ``(seq, item)`` whether to replay or run it.
 
-        Returns the decisions in batch order, the items dropped after a duplicate id, and
-        the `DuplicateItemError` that stopped the batch (``None`` when none did).
+        The items to run must be claimed (`Admitted.claims` committed, see `commit`)
+        before they are queued, so that a rerun after a crash knows they were taken.
 
         Raises:
             CheckpointMismatchError: An item's entry was written by a different strategy.
@@ -143,6 +162,7 @@ class CheckpointSession:
         report = self.report
         session = self.session
         policy = self.policy
+        keys = self._keys
         stop: Exception | None = None
         dropped: list[tuple[int, Any]] = []
         for position, ((seq, item), entry) in enumerate(zip(batch, entries, strict=True)):
@@ -171,6 +191,7 @@ class CheckpointSession:
                 claims.append(
                     CheckpointEntry(item_id, digest, strategy_print, session, EntryState.PENDING)
                 )
+                keys[id(item)] = (digest, strategy_print)
             decisions.append((seq, item, replay))
         if self._new_described:
             self._new_described = False
@@ -178,19 +199,23 @@ class CheckpointSession:
             await _guarded(
                 self.store.save_meta({STRATEGIES_KEY: described}), self.label, "save_meta"
             )
-        if claims:
-            await _guarded(self.store.record(claims), self.label, "record")
-        return decisions, dropped, stop
+        return Admitted(decisions, dropped, stop, claims)
 
     def entry_for(
         self, item: Any, result: WorkItemResult[Any, Any], replayable_failure: bool
     ) -> CheckpointEntry:
         """The entry that records `result` as the outcome of `item`."""
         usage: Any = result.token_usage
+        known = self._keys.pop(id(item), None)
+        digest, strategy_print = (
+            known
+            if known is not None
+            else (prompt_hash(item.prompt), self.fingerprint_of(item.strategy))
+        )
         entry = CheckpointEntry(
             item.item_id,
-            prompt_hash(item.prompt),
-            self.fingerprint_of(item.strategy),
+            digest,
+            strategy_print,
             self.session,
             EntryState.SUCCEEDED,
             usage=dict(usage) if type(usage) is dict else {},
@@ -202,10 +227,13 @@ class CheckpointSession:
             entry.error = result.error
         return entry
 
-    async def commit(self, entries: Sequence[CheckpointEntry]) -> None:
-        """Record outcomes durably (one commit)."""
+    async def commit(
+        self, outcomes: Sequence[CheckpointEntry], claims: Sequence[CheckpointEntry] = ()
+    ) -> None:
+        """Record outcomes and claims durably, in one commit."""
+        entries = [*outcomes, *claims] if claims and outcomes else (outcomes or claims)
         await _guarded(self.store.record(entries), self.label, "record")
-        self.report.recorded += len(entries)
+        self.report.recorded += len(outcomes)
 
     async def close(self) -> None:
         """Release the store (errors are logged: every outcome was committed already)."""

@@ -32,7 +32,7 @@ from async_batch_llm._internal.values import WorkItemResult
 from async_batch_llm.observers.base import ProcessingEvent
 
 if TYPE_CHECKING:
-    from async_batch_llm._internal.checkpointing import CheckpointSession
+    from async_batch_llm._internal.checkpointing import Admitted, CheckpointSession
     from async_batch_llm._internal.worker_pool import WorkerPool
     from async_batch_llm.parallel import ParallelBatchProcessor
 
@@ -40,7 +40,7 @@ __all__ = ["ReplayJob", "StreamRun", "default_window"]
 
 logger = logging.getLogger(__name__)
 
-#: Items looked up and claimed in one store call.
+#: Most items looked up and claimed in one store call.
 LOOKUP_BATCH: Final = 512
 #: Seconds the consumer waits for workers to stop once every result is out.
 WORKER_STOP_TIMEOUT: Final = 30.0
@@ -563,24 +563,41 @@ class StreamRun:
         checkpoint = self.checkpoint
         assert checkpoint is not None
         wake = self._store_wake
+        queue = self.processor._queue
+        workers = self.processor.max_workers
+        # Half a window at a time: while one batch is handed out, the intake has taken the
+        # next one and its lookup runs on the store's thread.
+        lookup_batch = max(16, min(LOOKUP_BATCH, self.window.size // 2))
         queue_closed = False
         try:
             while True:
-                if self._outcomes:
-                    batch, self._outcomes = self._outcomes, []
-                    await checkpoint.commit([outcome[0] for outcome in batch])
-                    self._published_committed(batch)
+                # New items are looked up first when the workers are running short of work;
+                # their claims then share one commit with the outcomes waiting for it.
+                admitted = None
+                if (
+                    self._incoming
+                    and self._failure is None
+                    and not self._draining
+                    and (not self._outcomes or queue.qsize() < workers)
+                ):
+                    batch_in = self._incoming[:lookup_batch]
+                    del self._incoming[:lookup_batch]
+                    admitted = await checkpoint.admit(batch_in)
+                outcomes, self._outcomes = self._outcomes, []
+                claims = admitted.claims if admitted is not None else ()
+                if outcomes or claims:
+                    await checkpoint.commit([outcome[0] for outcome in outcomes], claims)
+                if outcomes:
+                    self._published_committed(outcomes)
+                if admitted is not None:
+                    self._apply(admitted)
+                if outcomes or admitted is not None:
                     continue
                 if self._draining:
                     return
-                if self._incoming and self._failure is None:
-                    batch_in = self._incoming[:LOOKUP_BATCH]
-                    del self._incoming[:LOOKUP_BATCH]
-                    await self._admit(checkpoint, batch_in)
-                    continue
                 if self._intake_done and not self._incoming and not queue_closed:
                     queue_closed = True
-                    self.processor._queue.close()
+                    queue.close()
                 wake.clear()
                 await wake.wait()
         except asyncio.CancelledError:
@@ -605,9 +622,9 @@ class StreamRun:
             count(result, item)
             self._put(positions.pop(item) if positions is not None else 0, result)
 
-    async def _admit(self, checkpoint: CheckpointSession, batch: list[tuple[int, Any]]) -> None:
-        decisions, dropped, stop = await checkpoint.admit(batch)
-        for seq, item, replay in decisions:
+    def _apply(self, admitted: Admitted) -> None:
+        """Queue the items to run (claimed now), publish the replays, stop at a duplicate."""
+        for seq, item, replay in admitted.decisions:
             if replay is None:
                 self._queue_live(item, seq)
             elif self.post_processing:
@@ -615,9 +632,9 @@ class StreamRun:
             else:
                 self._count_replayed(replay, item)
                 self._put(seq, replay)
-        if stop is not None:
-            self._deferred = stop
-            for seq, _ in dropped:
+        if admitted.stop is not None:
+            self._deferred = admitted.stop
+            for seq, _ in admitted.dropped:
                 self._put(seq, None)
             for seq, _ in self._incoming:
                 self._put(seq, None)

@@ -1,7 +1,7 @@
 """Checkpoint stores: durable outcomes, so that a rerun replays instead of paying again.
 
 Pass ``checkpoint="run.sqlite"`` (or a store object) to `ParallelBatchProcessor`; see the
-durable runs guide.
+guide *Streaming and checkpoints*.
 """
 
 from __future__ import annotations

@@ -85,6 +85,15 @@ _UPSERT_ENTRY = (
     "codec = excluded.codec, payload = excluded.payload, error = excluded.error, "
     "usage = excluded.usage"
 )
+# A claim (a PENDING entry without output) binds only what varies: binding parameters is
+# most of the cost of writing a row, and a run claims every item it calls.
+_UPSERT_CLAIM = (
+    f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, {EntryState.PENDING.value}, "
+    "NULL, NULL, NULL, '{}') "
+    "ON CONFLICT(item_id) DO UPDATE SET prompt_hash = excluded.prompt_hash, "
+    "strategy = excluded.strategy, session = excluded.session, state = excluded.state, "
+    "codec = NULL, payload = NULL, error = NULL, usage = '{}'"
+)
 _UPSERT_META = (
     "INSERT INTO meta (key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
@@ -397,27 +406,48 @@ class SQLiteCheckpointStore:
         if not entries:
             return
         encode, codes = _encode_usage, _STATE_CODES
-        # Built here rather than on the event loop: for a large batch this is real work.
+        pending = EntryState.PENDING
+        # Runs of consecutive claims and of other entries, in order (the last entry of an
+        # id wins), each written with its own statement.
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        row: tuple[Any, ...]
         try:
-            params = [
-                (
-                    e.item_id,
-                    e.prompt_hash,
-                    e.strategy,
-                    e.session,
-                    codes[e.state],
-                    e.codec,
-                    e.payload,
-                    e.error,
-                    encode(e.usage) if e.usage else "{}",
-                )
-                for e in entries
-            ]
+            for e in entries:
+                if (
+                    e.state is pending
+                    and e.codec is None
+                    and e.payload is None
+                    and e.error is None
+                    and not e.usage
+                ):
+                    sql, row = _UPSERT_CLAIM, (e.item_id, e.prompt_hash, e.strategy, e.session)
+                else:
+                    sql = _UPSERT_ENTRY
+                    row = (
+                        e.item_id,
+                        e.prompt_hash,
+                        e.strategy,
+                        e.session,
+                        codes[e.state],
+                        e.codec,
+                        e.payload,
+                        e.error,
+                        encode(e.usage) if e.usage else "{}",
+                    )
+                if runs and runs[-1][0] is sql:
+                    runs[-1][1].append(row)
+                else:
+                    runs.append((sql, [row]))
         except KeyError as exc:
             msg = f"A checkpoint entry's state must be an EntryState, got {exc.args[0]!r}"
             raise ValueError(msg) from None
+
+        def write(conn: sqlite3.Connection) -> None:
+            for sql, rows in runs:
+                conn.executemany(sql, rows)
+
         with self._sqlite_errors("recording entries"):
-            _transaction(conn, lambda conn: conn.executemany(_UPSERT_ENTRY, params))
+            _transaction(conn, write)
 
     def _close_sync(self) -> None:
         conn, lock = self._conn, self._lock
