@@ -112,8 +112,9 @@ def install_pause(pause: dict[str, Any], control_fd: int) -> None:
     """Make the store's connection stop at the pause point (see the module docstring).
 
     The store opens its connection with `sqlite3.connect`, writes entries with
-    ``executemany("INSERT INTO entries ...")`` and commits with ``execute("COMMIT")``; a
-    connection subclass sees all three without touching the store.
+    ``executemany("INSERT INTO entries ...")`` or a multi-row ``execute`` and commits
+    with ``execute("COMMIT")``; a connection subclass sees all three without touching
+    the store.
     """
     kind = pause["state"]
     threshold = int(pause["threshold"])
@@ -140,6 +141,17 @@ def install_pause(pause: dict[str, Any], control_fd: int) -> None:
 
         def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
             command = sql.strip().upper()
+            if command.startswith("INSERT INTO ENTRIES") and parameters:
+                # Many rows per statement: 4 values per claim, 9 per other entry.
+                values = list(parameters)
+                count = command.count("), (") + 1
+                width = len(values) // count
+                rows = [values[i * width : (i + 1) * width] for i in range(count)]
+                self.entry_rows += count
+                if kind in STATE_CODES:
+                    self.wanted_rows += sum(
+                        1 for row in rows if _state_of(row) == STATE_CODES[kind]
+                    )
             if command in ("COMMIT", "ROLLBACK"):
                 # "meta" counts the commits without entries: the store's open, then the
                 # processor's metadata.

@@ -386,7 +386,7 @@ class TestThread:
 
 
 class FailingConnection:
-    """Wraps the store's connection; `executemany` fails as a full disk would."""
+    """Wraps the store's connection; writing entries fails as a full disk would."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -396,6 +396,11 @@ class FailingConnection:
 
     def executemany(self, sql: str, params: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if sql.startswith("INSERT INTO entries"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, params)
 
 
 class TestErrors:
