@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tests.support import EchoStrategy
 
 import async_batch_llm
 from async_batch_llm import LLMWorkItem, ProcessorConfig
 from async_batch_llm.checkpoint import MemoryCheckpointStore
 from async_batch_llm.streaming import FunctionStrategy, process_stream
+from support import EchoStrategy
 
 
 async def upper(prompt: str) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support import USAGE, BlockingStrategy, RecordingObserver, fast_config
 
 from async_batch_llm import (
     LLMCallStrategy,
@@ -33,6 +32,7 @@ from async_batch_llm.checkpoint import (
     ResumePolicy,
     SQLiteCheckpointReader,
 )
+from support import USAGE, BlockingStrategy, RecordingObserver, fast_config
 
 Item = LLMWorkItem[str, Any, Any]
 

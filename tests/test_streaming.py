@@ -10,7 +10,6 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
-from tests.support import USAGE, BlockingStrategy, EchoStrategy, fast_config, items_for
 
 from async_batch_llm import (
     LLMCallStrategy,
@@ -20,6 +19,7 @@ from async_batch_llm import (
     TokenUsage,
     WorkItemResult,
 )
+from support import USAGE, BlockingStrategy, EchoStrategy, fast_config, items_for
 
 Item = LLMWorkItem[str, Any, Any]
 
@@ -323,7 +323,7 @@ async def test_bad_arguments_fail_at_once(call: Any, error: type[Exception], mat
 
 
 async def test_stream_counts_stats_and_sends_batch_events() -> None:
-    from tests.support import RecordingObserver
+    from support import RecordingObserver
 
     observer = RecordingObserver()
     strategy = EchoStrategy()
