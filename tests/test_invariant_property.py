@@ -271,11 +271,12 @@ def config_for(scenario: dict[str, Any]) -> ProcessorConfig:
     )
 
 
-async def check(scenario: dict[str, Any]) -> None:
-    world = World()
-    strategies = [
-        ScheduledStrategy(world, {}, scenario["prepare"]) for _ in range(scenario["strategies"])
-    ]
+def scheduled_items(
+    world: World, scenario: dict[str, Any], kind: type[ScheduledStrategy] = ScheduledStrategy
+) -> tuple[list[Any], list[LLMWorkItem[str, str, None]]]:
+    """The scenario's strategies (of type `kind`) and items ``i0``, ``i1``, ...: item ``n``
+    has prompt ``pn`` and follows its schedule."""
+    strategies = [kind(world, {}, scenario["prepare"]) for _ in range(scenario["strategies"])]
     items = []
     for index, schedule in enumerate(scenario["schedules"]):
         strategy = strategies[index % len(strategies)]
@@ -283,6 +284,12 @@ async def check(scenario: dict[str, Any]) -> None:
         if scenario["interrupt_item"] == index:
             strategy.schedules[f"p{index}"].insert(0, "keyboard_interrupt")
         items.append(LLMWorkItem(item_id=f"i{index}", strategy=strategy, prompt=f"p{index}"))
+    return strategies, items
+
+
+async def check(scenario: dict[str, Any]) -> None:
+    world = World()
+    strategies, items = scheduled_items(world, scenario)
     metrics = MetricsObserver()
     observers: list[Any] = [metrics, MisbehavingObserver(world, scenario["observer"])]
     middlewares: list[Any] = (

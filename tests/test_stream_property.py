@@ -23,7 +23,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from async_batch_llm import LLMWorkItem, MetricsObserver, ParallelBatchProcessor
+from async_batch_llm import MetricsObserver, ParallelBatchProcessor
 from async_batch_llm.checkpoint import EntryState, MemoryCheckpointStore
 from test_invariant_property import (
     MisbehavingObserver,
@@ -32,6 +32,7 @@ from test_invariant_property import (
     async_callback,
     config_for,
     scenarios,
+    scheduled_items,
     sync_callback,
 )
 from virtual_time import run_virtual
@@ -101,16 +102,7 @@ async def first_run(
 
 async def check(scenario: dict[str, Any]) -> None:
     world = World()
-    strategies = [
-        CountingStrategy(world, {}, scenario["prepare"]) for _ in range(scenario["strategies"])
-    ]
-    items = []
-    for index, schedule in enumerate(scenario["schedules"]):
-        strategy = strategies[index % len(strategies)]
-        strategy.schedules[f"p{index}"] = list(schedule)
-        if scenario["interrupt_item"] == index:
-            strategy.schedules[f"p{index}"].insert(0, "keyboard_interrupt")
-        items.append(LLMWorkItem(item_id=f"i{index}", strategy=strategy, prompt=f"p{index}"))
+    strategies, items = scheduled_items(world, scenario, CountingStrategy)
     store = MemoryCheckpointStore()
     before = asyncio.all_tasks()
 
