@@ -66,6 +66,10 @@ class TestConfig:
         assert config.error_statuses == (502, 504)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class TestCommandLine:
     """``python -m async_batch_llm.testing.simulator``."""
 
@@ -130,6 +134,10 @@ class TestCommandLine:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As a terminal would start it: a suite run in the background (`cmd &` in a
+            # script) passes SIGINT on ignored, and Python then never raises
+            # KeyboardInterrupt.
+            preexec_fn=_default_sigint,
         )
         try:
             assert process.stdout is not None
