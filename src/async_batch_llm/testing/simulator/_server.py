@@ -53,8 +53,6 @@ logger = logging.getLogger(__name__)
 _CACHE_MISSING = "CachedContent not found (or permission denied)"
 # In-flight handlers get this long to finish when the simulator stops, then they are cancelled.
 _SHUTDOWN_TIMEOUT = 0.5
-#: Seconds `stop` waits for the server to close.
-_CLEANUP_TIMEOUT = 5.0
 
 
 class _Keep(enum.Enum):
@@ -156,12 +154,7 @@ class ProviderSimulator:
         runner, self._runner = self._runner, None
         self._base_url = None
         if runner is not None:
-            # Bounded: closing the listening server can wait for a client's idle keep-alive
-            # connection to go away, which (after Ctrl-C) kept the command line from exiting.
-            try:
-                await asyncio.wait_for(runner.cleanup(), _CLEANUP_TIMEOUT)
-            except TimeoutError:
-                logger.warning("The provider simulator's connections did not close in time")
+            await runner.cleanup()
 
     # -- addresses -------------------------------------------------------------------------
 
