@@ -51,31 +51,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The same stand-in call as the overhead benchmark (this directory is on sys.path when a
+# benchmark runs as a script, and for its child processes).
+from overhead import SleepStrategy
+
 from async_batch_llm import (
-    LLMCallStrategy,
     LLMWorkItem,
     ParallelBatchProcessor,
     ProcessorConfig,
-    RetryState,
-    TokenUsage,
 )
 from async_batch_llm.checkpoint import CheckpointStore, MemoryCheckpointStore
 
 WORKERS = 100
 MiB = 1024 * 1024
-
-
-class SleepStrategy(LLMCallStrategy[str]):
-    """A stand-in for a provider call: waits ``latency`` seconds, returns fixed usage."""
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-
-    async def execute(
-        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
-    ) -> tuple[str, TokenUsage]:
-        await asyncio.sleep(self.latency)
-        return prompt, {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
 
 
 Item = LLMWorkItem[str, str, None]

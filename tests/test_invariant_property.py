@@ -79,6 +79,16 @@ class World:
     thread_release: threading.Event = field(default_factory=threading.Event)
     stubborn_running: int = 0
 
+    async def release_all(self, before: set[asyncio.Task[Any]]) -> None:
+        """Let user code that ignored cancellation finish, then check that no task started
+        since `before` is left."""
+        self.release.set()
+        self.thread_release.set()
+        leftover = asyncio.all_tasks() - before
+        if leftover:
+            await asyncio.wait(leftover, timeout=60)
+        assert not (asyncio.all_tasks() - before)
+
     async def hang(self, stubborn: bool) -> None:
         if not stubborn:
             await asyncio.sleep(3600)
@@ -358,11 +368,7 @@ async def check(scenario: dict[str, Any]) -> None:
     # busy, and it ends once released.
     leftover = asyncio.all_tasks() - before
     assert len(leftover) <= world.stubborn_running
-    world.release.set()
-    world.thread_release.set()
-    if leftover:
-        await asyncio.wait(leftover, timeout=60)
-    assert not (asyncio.all_tasks() - before)
+    await world.release_all(before)
 
 
 @settings(

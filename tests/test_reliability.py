@@ -1026,21 +1026,7 @@ class TestDefect7Interruptions:
             for i in range(4)
         ]
 
-        async def main() -> str:
-            try:
-                async with Processor(config=_config(max_workers=1)) as processor:
-                    await run_batch(processor, items)
-            except KeyboardInterrupt:
-                outcome = "propagated from process_all"
-            else:
-                outcome = "returned"
-            leftover = asyncio.all_tasks() - {asyncio.current_task()}
-            return f"{outcome}; {len(leftover)} task(s) left"
-
-        try:
-            outcome = asyncio.run(main())
-        except KeyboardInterrupt:
-            pytest.fail("KeyboardInterrupt escaped the event loop instead of process_all()")
+        outcome = _run_expecting_interrupt(items, config=_config(max_workers=1))
         assert outcome == "propagated from process_all; 0 task(s) left"
         assert strategy.cleanup_calls == 1
 
@@ -1060,24 +1046,33 @@ class TestDefect7Interruptions:
 
         callback = async_callback if kind == "async" else sync_callback
 
-        async def main() -> str:
-            try:
-                async with Processor(
-                    config=_config(max_workers=1, progress_interval=1), progress_callback=callback
-                ) as processor:
-                    await run_batch(processor, items)
-            except KeyboardInterrupt:
-                outcome = "propagated from process_all"
-            else:
-                outcome = "returned"
-            leftover = asyncio.all_tasks() - {asyncio.current_task()}
-            return f"{outcome}; {len(leftover)} task(s) left"
-
-        try:
-            outcome = asyncio.run(main())
-        except KeyboardInterrupt:
-            pytest.fail("KeyboardInterrupt escaped the event loop instead of process_all()")
+        outcome = _run_expecting_interrupt(
+            items,
+            config=_config(max_workers=1, progress_interval=1),
+            progress_callback=callback,
+        )
         assert outcome == "propagated from process_all; 0 task(s) left"
+
+
+def _run_expecting_interrupt(items: list[Any], **options: Any) -> str:
+    """Run `items` in a fresh event loop; say whether a KeyboardInterrupt came out of
+    process_all() (not out of the loop) and how many tasks were left."""
+
+    async def main() -> str:
+        try:
+            async with Processor(**options) as processor:
+                await run_batch(processor, items)
+        except KeyboardInterrupt:
+            outcome = "propagated from process_all"
+        else:
+            outcome = "returned"
+        leftover = asyncio.all_tasks() - {asyncio.current_task()}
+        return f"{outcome}; {len(leftover)} task(s) left"
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the event loop instead of process_all()")
 
 
 # -- Defect 8: what is accepted works --------------------------------------------------------

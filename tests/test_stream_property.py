@@ -107,12 +107,7 @@ async def check(scenario: dict[str, Any]) -> None:
     before = asyncio.all_tasks()
 
     await first_run(scenario, store, items, world)
-    world.release.set()
-    world.thread_release.set()
-    leftover = asyncio.all_tasks() - before
-    if leftover:  # only user code that ignored cancellation, finishing now
-        await asyncio.wait(leftover, timeout=60)
-    assert not (asyncio.all_tasks() - before)
+    await world.release_all(before)
 
     succeeded = {
         item_id for item_id, entry in store.entries.items() if entry.state is EntryState.SUCCEEDED
