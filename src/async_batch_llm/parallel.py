@@ -350,9 +350,7 @@ class ParallelBatchProcessor(
         With a checkpoint, stored results are replayed (``replayed=True``) and every new
         outcome is committed before it counts.
         """
-        if self._checkpoint is None or self.config.dry_run:
-            if self._checkpoint is not None:
-                logger.warning("dry_run is set: the checkpoint is neither read nor written")
+        if not self._uses_checkpoint():
             return await super().process_all()
         run = StreamRun(
             self,
@@ -379,11 +377,17 @@ class ParallelBatchProcessor(
         queue.reopen()
         return queued
 
-    def _new_checkpoint_session(self) -> CheckpointSession | None:
+    def _uses_checkpoint(self) -> bool:
+        """Whether this run reads and writes the checkpoint (a dry run does not)."""
         if self._checkpoint is None:
-            return None
+            return False
         if self.config.dry_run:
             logger.warning("dry_run is set: the checkpoint is neither read nor written")
+            return False
+        return True
+
+    def _new_checkpoint_session(self) -> CheckpointSession | None:
+        if self._checkpoint is None or not self._uses_checkpoint():
             return None
         make_store, label = self._checkpoint
         check_resume_options(self.resume, self.checkpoint_version)

@@ -476,7 +476,7 @@ class StreamRun:
         checkpoint = self.checkpoint
         if checkpoint is None:
             self.processor._count_result(result, item)
-            self._put(self._positions.pop(item) if self._positions is not None else 0, result)
+            self._put(self._seq_of(item), result)
             return False
         entry = checkpoint.entry_for(item, result, worker.replayable_failure)
         self._outcomes.append((entry, result, item, None))
@@ -500,7 +500,7 @@ class StreamRun:
                     return  # the store failed: nothing about the item is published
                 self._release_event(item.item_id)
             processor._count_result(result, item)
-            seq = self._positions.pop(item) if self._positions is not None else 0
+            seq = self._seq_of(item)
         # Published when the post-processor returns, or when its worker is given up on for
         # ignoring its cancellation there (see `_check_pool`), whichever comes first.
         posting = self._posting
@@ -521,6 +521,10 @@ class StreamRun:
                 ProcessingEvent.ITEM_REPLAYED,
                 {"item_id": item.item_id, "success": result.success},
             )
+
+    def _seq_of(self, item: Any) -> int:
+        """The input position of a queued item (only kept for ordered output)."""
+        return self._positions.pop(item) if self._positions is not None else 0
 
     def _put(self, seq: int, result: WorkItemResult[Any, Any] | None) -> None:
         self._outstanding -= 1
@@ -611,7 +615,6 @@ class StreamRun:
             self._outcomes.clear()
 
     def _published_committed(self, batch: list[tuple[Any, Any, Any, Any]]) -> None:
-        positions = self._positions
         count = self.processor._count_result
         for _, result, item, committed in batch:
             if committed is not None:
@@ -620,7 +623,7 @@ class StreamRun:
                 continue
             self._release_event(item.item_id)
             count(result, item)
-            self._put(positions.pop(item) if positions is not None else 0, result)
+            self._put(self._seq_of(item), result)
 
     def _apply(self, admitted: Admitted) -> None:
         """Queue the items to run (claimed now), publish the replays, stop at a duplicate."""
