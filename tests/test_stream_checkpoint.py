@@ -464,3 +464,20 @@ def test_bad_checkpoint_options_fail_at_construction(
 ) -> None:
     with pytest.raises(error):
         ParallelBatchProcessor(**kwargs)
+
+
+async def test_a_dry_run_neither_reads_nor_writes_the_checkpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryCheckpointStore()
+    strategy = ModelStrategy()
+    async with ParallelBatchProcessor(config=fast_config(dry_run=True), checkpoint=store) as p:
+        for item in make_items(strategy, 3):
+            await p.add_work(item)
+        batch = await p.process_all()
+    assert batch.succeeded == 3
+    assert strategy.calls == []
+    assert store.entries == {}
+    assert store.meta == {}
+    warnings = [r for r in caplog.records if "dry_run is set" in r.getMessage()]
+    assert len(warnings) == 1
