@@ -274,6 +274,8 @@ class TestWorkItemResult:
             "token_usage",
             "gemini_safety_ratings",
             "replayed",
+            "attempts",
+            "error_category",
         ]
 
 

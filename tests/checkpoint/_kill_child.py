@@ -142,7 +142,7 @@ def install_pause(pause: dict[str, Any], control_fd: int) -> None:
         def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
             command = sql.strip().upper()
             if command.startswith("INSERT INTO ENTRIES") and parameters:
-                # Many rows per statement: 4 values per claim, 9 per other entry.
+                # Many rows per statement: 4 values per claim, 11 per other entry.
                 values = list(parameters)
                 count = command.count("), (") + 1
                 width = len(values) // count

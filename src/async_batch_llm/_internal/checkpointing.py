@@ -219,12 +219,14 @@ class CheckpointSession:
             self.session,
             EntryState.SUCCEEDED,
             usage=dict(usage) if type(usage) is dict else {},
+            attempts=result.attempts,
         )
         if result.success:
             entry.codec, entry.payload = encode_output(result.output)
         else:
             entry.state = EntryState.FAILED if replayable_failure else EntryState.INTERRUPTED
             entry.error = result.error
+            entry.category = result.error_category
         return entry
 
     async def commit(
@@ -284,11 +286,22 @@ class CheckpointSession:
             if output is UNSTORABLE:
                 return None
             usage: Any = dict(entry.usage)
-            return WorkItemResult(item.item_id, True, output, None, item.context, usage, None, True)
+            return WorkItemResult(
+                item.item_id, True, output, None, item.context, usage, None, True, entry.attempts
+            )
         if state is EntryState.FAILED and policy is ResumePolicy.REUSE_ALL:
             failed_usage: Any = dict(entry.usage)
             return WorkItemResult(
-                item.item_id, False, None, entry.error, item.context, failed_usage, None, True
+                item.item_id,
+                False,
+                None,
+                entry.error,
+                item.context,
+                failed_usage,
+                None,
+                True,
+                entry.attempts,
+                entry.category,
             )
         return None
 

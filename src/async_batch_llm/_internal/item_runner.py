@@ -77,6 +77,8 @@ ERROR_MESSAGE_MAX_LENGTH: Final = 200
 ERROR_MESSAGE_DETAILED_LENGTH: Final = 500
 #: The error text of an item whose ``before_process`` middleware returned ``None``.
 SKIPPED_ERROR: Final = "Skipped by middleware"
+#: The ``error_category`` of such an item.
+SKIPPED_CATEGORY: Final = "skipped"
 
 _FALLBACK_CLASSIFIER: Final = DefaultErrorClassifier()
 _BASE_ON_ERROR: Final = LLMCallStrategy.on_error
@@ -224,7 +226,8 @@ class ItemRunner:
                 )
                 if raise_on_failure:
                     raise
-                return await self.fail(item, exc, None, worker)
+                category = self._classify(exc).error_category
+                return await self.fail(item, exc, None, worker, category=category)
         state = RetryState()
         admission = self.admission
         # The first attempt on its own, without the retry loop's bookkeeping: most items
@@ -234,8 +237,10 @@ class ItemRunner:
             if permit is None:
                 permit = await admission.admit(strategy, item.prompt, worker.worker_id, None, None)
         except Exception as exc:
-            # Quota exhausted.
-            return await self._give_up(item, exc, None, worker, raise_on_failure)
+            # Quota or budget exhausted.
+            return await self._give_up(
+                item, exc, None, worker, raise_on_failure, 0, _admission_category(exc)
+            )
         outcome = await self.attempt(item, worker, 1, strategy, state, permit)
         if not isinstance(outcome, Failed):
             return outcome
@@ -265,13 +270,23 @@ class ItemRunner:
                 self.rate_limited(item, worker, permit)
             elif not info.is_retryable:
                 worker.replayable_failure = _says_something_about_the_item(error, info)
-                return await self.fail(item, error, spent, worker, detailed=True)
+                return await self.fail(
+                    item,
+                    error,
+                    spent,
+                    worker,
+                    detailed=True,
+                    attempts=number,
+                    category=info.error_category,
+                )
             else:
                 failures += 1
                 if failures >= self.config.retry.max_attempts:
                     # Output that never validates is the item's; a flaky network is not.
                     worker.replayable_failure = info.error_category == "validation_error"
-                    return await self._give_up(item, error, spent, worker, raise_on_failure)
+                    return await self._give_up(
+                        item, error, spent, worker, raise_on_failure, number, info.error_category
+                    )
                 await self._back_off(item, error, info, failures)
             number += 1
             try:
@@ -283,7 +298,15 @@ class ItemRunner:
             except Exception as exc:
                 # Quota exhausted, or rate limited with no progress for too long.
                 given_up = error if type(exc) is RateLimitRetriesExhausted else exc
-                return await self._give_up(item, given_up, spent, worker, raise_on_failure)
+                return await self._give_up(
+                    item,
+                    given_up,
+                    spent,
+                    worker,
+                    raise_on_failure,
+                    number - 1,
+                    _admission_category(exc),
+                )
             outcome = await self.attempt(item, worker, number, strategy, state, ready)
             if not isinstance(outcome, Failed):
                 if outcome.success and any(spent.values()):
@@ -318,7 +341,7 @@ class ItemRunner:
             prepared = await dispatcher.before_process(item, worker.run_hook)
             if prepared is None:
                 permit.settle(Outcome.RELEASED)
-                return self._skipped(item)
+                return self._skipped(item, number - 1)
             work_item = prepared
         config = self.config
         deadline = worker.deadline
@@ -359,13 +382,15 @@ class ItemRunner:
         permit.settle(Outcome.SUCCEEDED, usage)
         # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(
-            work_item.item_id, True, output, None, work_item.context, usage
+            work_item.item_id, True, output, None, work_item.context, usage, None, False, number
         )
         if dispatcher.middlewares:
             result = await dispatcher.after_process(result, worker.run_hook)
             result.token_usage = self.usage.normalize(
                 result.token_usage, dispatcher, "A middleware's after_process() result"
             )
+            if not result.attempts:
+                result.attempts = number
         if observed:
             payload: dict[str, Any] = {
                 "item_id": work_item.item_id,
@@ -418,11 +443,14 @@ class ItemRunner:
         worker: WorkerContext,
         *,
         detailed: bool = False,
+        attempts: int = 0,
+        category: str | None = None,
     ) -> WorkItemResult[Any, Any]:
         """The final result of an item that failed with `exc` (after middleware ``on_error``).
 
         `spent` sums the tokens of all its attempts (``None``: it made none). `detailed`
-        keeps 500 characters of the error instead of 200 (permanent errors).
+        keeps 500 characters of the error instead of 200 (permanent errors). `attempts`
+        and `category` are the result's ``attempts`` and ``error_category``.
         """
         dispatcher = self.dispatcher
         result: WorkItemResult[Any, Any] | None = None
@@ -444,7 +472,13 @@ class ItemRunner:
                 error_text(exc, limit),
                 item.context,
                 spent if spent is not None else {},  # type: ignore[arg-type]
+                None,
+                False,
+                attempts,
+                category,
             )
+        elif not result.attempts:
+            result.attempts = attempts
         if dispatcher.observers:
             self._publish_outcome(result, exc)
         return result
@@ -456,19 +490,29 @@ class ItemRunner:
         spent: dict[str, int] | None,
         worker: WorkerContext,
         raise_on_failure: bool,
+        attempts: int,
+        category: str,
     ) -> WorkItemResult[Any, Any]:
         if raise_on_failure:
             if spent is not None:
                 attach_failed_usage(exc, spent)
             raise exc
-        return await self.fail(item, exc, spent, worker)
+        return await self.fail(item, exc, spent, worker, attempts=attempts, category=category)
 
-    def _skipped(self, item: LLMWorkItem[Any, Any, Any]) -> WorkItemResult[Any, Any]:
+    def _skipped(self, item: LLMWorkItem[Any, Any, Any], attempts: int) -> WorkItemResult[Any, Any]:
         if self.dispatcher.observers:
             self.publish_final(
                 ProcessingEvent.ITEM_FAILED, {"item_id": item.item_id, "error_type": "Skipped"}
             )
-        return WorkItemResult(item.item_id, False, None, SKIPPED_ERROR, item.context)
+        return WorkItemResult(
+            item.item_id,
+            False,
+            None,
+            SKIPPED_ERROR,
+            item.context,
+            attempts=attempts,
+            error_category=SKIPPED_CATEGORY,
+        )
 
     def _publish_outcome(self, result: WorkItemResult[Any, Any], exc: Exception) -> None:
         """ITEM_FAILED for a failed final result; ITEM_COMPLETED for one a middleware rescued."""
@@ -596,6 +640,16 @@ def _says_something_about_the_item(error: Exception, info: ErrorInfo) -> bool:
     if isinstance(error, HookTimeoutError | CallInterruptedError):
         return False
     return not getattr(error, "__dict__", {}).get(_CONFIGURATION_ERROR_ATTR, False)
+
+
+def _admission_category(exc: Exception) -> str:
+    """The ``error_category`` of an item its admission refused (see `Admission.admit`)."""
+    if type(exc) is RateLimitRetriesExhausted:
+        return "rate_limit"
+    category = getattr(exc, "error_category", None)
+    if isinstance(category, str):
+        return category
+    return QUOTA_EXHAUSTED_CATEGORY if is_quota_exhausted(exc) else "admission_error"
 
 
 def _outcome_of(exc: Exception, info: ErrorInfo) -> Outcome:

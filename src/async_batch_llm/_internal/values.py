@@ -137,6 +137,13 @@ class WorkItemResult(Generic[TOutput, TContext]):
     """Whether the result was read back from a checkpoint store instead of produced by a
     call in this run (`token_usage` is then what the item cost when it was produced; the
     batch's token totals and statistics leave it out, as this run did not spend it)."""
+    attempts: int = 0
+    """How many calls were made for the item (``0``: none, e.g. it was skipped or a budget
+    or quota stopped it first). A replayed result keeps the count of the run that made it."""
+    error_category: str | None = None
+    """What kind of failure ended the item (``None`` for a success), as the error classifier
+    labels it: ``"rate_limit"``, ``"timeout"``, ``"validation_error"``, ``"quota_exhausted"``,
+    ``"budget_exhausted"``, ``"skipped"``, ... Results built by middleware may leave it unset."""
 
 
 for _public in (TokenUsage, RetryState, LLMResponse, WorkItemResult):

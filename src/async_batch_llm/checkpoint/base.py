@@ -78,6 +78,10 @@ class CheckpointEntry:
     """The failed result's error text."""
     usage: dict[str, int] = field(default_factory=dict)
     """Token counts of the item's attempts."""
+    attempts: int = 0
+    """Calls made for the item (`WorkItemResult.attempts`)."""
+    category: str | None = None
+    """The failed result's `WorkItemResult.error_category`."""
 
 
 @dataclass

@@ -70,4 +70,6 @@ def _copy_entry(entry: CheckpointEntry) -> CheckpointEntry:
         entry.payload,
         entry.error,
         dict(entry.usage),
+        entry.attempts,
+        entry.category,
     )

@@ -57,7 +57,10 @@ _LOOKUP_CHUNK = 500
 _WRITER_KEY = "_writer"
 _THREAD_PREFIX = "async-batch-llm-checkpoint"
 
-_COLUMNS = "item_id, prompt_hash, strategy, session, state, codec, payload, error, usage"
+_COLUMNS = (
+    "item_id, prompt_hash, strategy, session, state, codec, payload, error, usage, attempts, "
+    "category"
+)
 # An ordinary (rowid) table, not WITHOUT ROWID: that layout keeps whole rows in the b-tree
 # and pays for it with multi-kilobyte outputs (each interior cell holds a row) and with ids
 # that arrive in random order (every row insert dirties a full-size leaf page). Measured with
@@ -74,25 +77,27 @@ CREATE TABLE entries (
     codec TEXT,
     payload BLOB,
     error TEXT,
-    usage TEXT NOT NULL
+    usage TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    category TEXT
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 _UPSERT_ENTRY = (
-    f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT(item_id) DO UPDATE SET prompt_hash = excluded.prompt_hash, "
     "strategy = excluded.strategy, session = excluded.session, state = excluded.state, "
     "codec = excluded.codec, payload = excluded.payload, error = excluded.error, "
-    "usage = excluded.usage"
+    "usage = excluded.usage, attempts = excluded.attempts, category = excluded.category"
 )
 # A claim (a PENDING entry without output) binds only what varies: binding parameters is
 # most of the cost of writing a row, and a run claims every item it calls.
 _UPSERT_CLAIM = (
     f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, {EntryState.PENDING.value}, "
-    "NULL, NULL, NULL, '{}') "
+    "NULL, NULL, NULL, '{}', 0, NULL) "
     "ON CONFLICT(item_id) DO UPDATE SET prompt_hash = excluded.prompt_hash, "
     "strategy = excluded.strategy, session = excluded.session, state = excluded.state, "
-    "codec = NULL, payload = NULL, error = NULL, usage = '{}'"
+    "codec = NULL, payload = NULL, error = NULL, usage = '{}', attempts = 0, category = NULL"
 )
 _UPSERT_META = (
     "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -432,6 +437,7 @@ class SQLiteCheckpointStore:
                     and e.payload is None
                     and e.error is None
                     and not e.usage
+                    and not e.attempts
                 ):
                     sql, row = _UPSERT_CLAIM, (e.item_id, e.prompt_hash, e.strategy, e.session)
                 else:
@@ -446,6 +452,8 @@ class SQLiteCheckpointStore:
                         e.payload,
                         e.error,
                         encode(e.usage) if e.usage else "{}",
+                        e.attempts,
+                        e.category,
                     )
                 if runs and runs[-1][0] is sql:
                     runs[-1][1].append(row)
@@ -756,7 +764,8 @@ def _lookup_sql(count: int) -> str:
         placeholders = ", ".join("?" * count)
         sql = (
             "SELECT json_group_array(json_array(item_id, prompt_hash, strategy, session, "
-            "state, codec, iif(payload IS NULL, NULL, hex(payload)), error, usage)) "
+            "state, codec, iif(payload IS NULL, NULL, hex(payload)), error, usage, attempts, "
+            "category)) "
             f"FROM entries WHERE item_id IN ({placeholders})"
         )
         _lookup_statements[count] = sql
@@ -781,6 +790,8 @@ def _to_entries(rows: list[_Row | None], path: Path) -> list[CheckpointEntry | N
                 row[6],
                 row[7],
                 {} if row[8] == "{}" else decode(row[8]),
+                row[9],
+                row[10],
             )
             for row in rows
         ]
