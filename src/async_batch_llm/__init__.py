@@ -38,6 +38,8 @@ from async_batch_llm.base import (
     TokenUsage,
     WorkItemResult,
 )
+from async_batch_llm.budget import Budget as Budget
+from async_batch_llm.budget import BudgetExhaustedError as BudgetExhaustedError
 from async_batch_llm.classifiers import GeminiErrorClassifier
 from async_batch_llm.core import LLMModel, ManagedLLMModel
 from async_batch_llm.core.config import ProcessorConfig, RateLimitConfig, RetryConfig

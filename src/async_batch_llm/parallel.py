@@ -23,6 +23,7 @@ from async_batch_llm._internal.admission import (
     CooldownAdmission,
     LimiterAdmission,
 )
+from async_batch_llm._internal.budget_gate import BudgetAdmission
 from async_batch_llm._internal.checkpointing import (
     CheckpointSession,
     check_resume_options,
@@ -61,6 +62,7 @@ from async_batch_llm.base import (
     TOutput,
     WorkItemResult,
 )
+from async_batch_llm.budget import Budget
 from async_batch_llm.checkpoint.base import CheckpointReport, CheckpointStore, ResumePolicy
 from async_batch_llm.core.config import ProcessorConfig
 from async_batch_llm.middleware.base import Middleware
@@ -121,6 +123,15 @@ class ParallelBatchProcessor(
         observers: Receive `ProcessingEvent` notifications, in order, off the workers' path.
         progress_callback: ``callback(completed, total, current_item_id)`` every
             ``config.progress_interval`` results; never blocks the workers.
+        checkpoint: A path (an SQLite store) or a `CheckpointStore`: results are
+            committed there before they are published, and a rerun replays them instead
+            of calling the provider again (see the streaming and checkpoints guide).
+        resume: Which stored results a rerun replays (`ResumePolicy`).
+        checkpoint_version: Your own version of the run (e.g. of the prompt template);
+            a store written under another version is refused.
+        budget: A spending limit (`Budget`): attempts are admitted only while their
+            estimated cost and tokens fit; once it is spent the remaining items fail with
+            `BudgetExhaustedError`.
 
     Raises:
         TypeError: An argument has the wrong type (the message names it).
@@ -145,11 +156,18 @@ class ParallelBatchProcessor(
         checkpoint: str | os.PathLike[str] | CheckpointStore | None = None,
         resume: ResumePolicy = ResumePolicy.REUSE_SUCCESSES,
         checkpoint_version: str | None = None,
+        budget: Budget | None = None,
     ) -> None:
         given: object = config
         if given is not None and not isinstance(given, ProcessorConfig):
             msg = f"config must be a ProcessorConfig, got {type(given).__name__}"
             raise TypeError(msg)
+        given_budget: object = budget
+        if given_budget is not None and not isinstance(given_budget, Budget):
+            msg = f"budget must be a Budget, got {type(given_budget).__name__}"
+            raise TypeError(msg)
+        #: The spending limit every attempt is admitted through (``None``: no limit).
+        self.budget = budget
         self._checkpoint = checkpoint_factory(checkpoint)
         check_resume_options(resume, checkpoint_version)
         self.resume = resume
@@ -566,6 +584,7 @@ class ParallelBatchProcessor(
             error=error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
             context=item.context,
             token_usage={},
+            error_category="internal_error",
         )
 
     async def _post_process(
@@ -606,6 +625,9 @@ class ParallelBatchProcessor(
             error=error_text(error, ERROR_MESSAGE_MAX_LENGTH),
             context=item.context,
             token_usage={},
+            error_category="timeout"
+            if isinstance(error, FrameworkTimeoutError)
+            else "hook_timeout",
         )
 
     def _strategy_for(
@@ -631,6 +653,8 @@ class ParallelBatchProcessor(
             admission = CooldownAdmission(self._coordinator, limit)
         if self._limiter is not None:
             admission = LimiterAdmission(admission, lambda: self._limiter)
+        if self.budget is not None:
+            admission = BudgetAdmission(admission, self.budget)
         return admission
 
     async def _run_rare_hook(self, factory: Any, what: str) -> Any:
