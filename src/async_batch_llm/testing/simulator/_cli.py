@@ -38,11 +38,11 @@ def _statuses(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "python -m async_batch_llm.testing.simulator",
+) -> argparse.ArgumentParser:
     """The argument parser of ``python -m async_batch_llm.testing.simulator``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m async_batch_llm.testing.simulator", description=_DESCRIPTION
-    )
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any (8000)")
     parser.add_argument("--rpm", type=float, help="requests per window per API key (unlimited)")
@@ -113,9 +113,9 @@ async def _serve(simulator: ProviderSimulator) -> None:
         await asyncio.Event().wait()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Parse ``argv``, serve until Ctrl-C and return the exit status."""
-    parser = build_parser()
+    parser = build_parser() if prog is None else build_parser(prog)
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

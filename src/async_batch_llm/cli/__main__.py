@@ -1,0 +1,5 @@
+"""``python -m async_batch_llm.cli``."""
+
+from async_batch_llm.cli._app import main
+
+main()

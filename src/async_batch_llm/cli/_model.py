@@ -1,0 +1,180 @@
+"""The model behind ``abl run -m provider:model``: a pydantic-ai agent and its strategy."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from async_batch_llm.cli._input import ChatMessage, parse_request
+from async_batch_llm.llm_strategies import PydanticAIStrategy
+
+__all__ = ["ChatStrategy", "ModelSpec", "UsageError", "build_strategy", "parse_model"]
+
+#: pydantic-ai's provider prefixes that this command line builds models for, and the
+#: environment variable that holds each one's API key.
+PROVIDERS: Final = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "google-gla": "GEMINI_API_KEY",
+}
+# A placeholder key for servers that need none (vLLM, Ollama, the simulator): the SDKs
+# refuse to start without one.
+_NO_KEY: Final = "not-needed"
+# Anthropic's API requires max_tokens; pydantic-ai sends 4096 when none is given.
+_ANTHROPIC_MAX_TOKENS: Final = 4096
+
+
+class UsageError(ValueError):
+    """A command-line argument cannot be used (the command exits with status 2)."""
+
+
+class ModelSpec:
+    """A parsed ``provider:model`` argument."""
+
+    def __init__(self, provider: str, name: str) -> None:
+        self.provider = provider
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+
+def parse_model(text: str) -> ModelSpec:
+    """``"openai:gpt-4o-mini"`` as a `ModelSpec` (a bare name is an OpenAI model)."""
+    provider, sep, name = text.partition(":")
+    if not sep:
+        provider, name = "openai", text
+    if provider == "google":
+        provider = "google-gla"
+    if provider not in PROVIDERS:
+        supported = ", ".join(f"{p}:MODEL" for p in PROVIDERS)
+        msg = f"unsupported model {text!r}: use {supported} (as pydantic-ai names them)"
+        raise UsageError(msg)
+    if not name:
+        msg = f"model {text!r} has no model name after {provider!r}"
+        raise UsageError(msg)
+    return ModelSpec(provider, name)
+
+
+def load_schema(path: str) -> dict[str, Any]:
+    """The JSON Schema in `path`, for structured output."""
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        msg = f"cannot read the schema file {path}: {exc.strerror or exc}"
+        raise UsageError(msg) from None
+    except json.JSONDecodeError as exc:
+        msg = f"the schema file {path} is not valid JSON: {exc.msg} (line {exc.lineno})"
+        raise UsageError(msg) from None
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        msg = f"the schema in {path} must be a JSON Schema of an object"
+        raise UsageError(msg)
+    return schema
+
+
+def build_model(spec: ModelSpec, base_url: str | None, settings: Mapping[str, Any]) -> Any:
+    """The pydantic-ai model for `spec`, talking to `base_url` when given."""
+    key = os.environ.get(PROVIDERS[spec.provider])
+    if key is None and base_url is None:
+        msg = (
+            f"{PROVIDERS[spec.provider]} is not set: export your {spec.provider} API key, or "
+            "pass --base-url for a server that needs none (e.g. `abl simulate`)"
+        )
+        raise UsageError(msg)
+    api_key = key or _NO_KEY
+    if spec.provider == "openai":
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        return OpenAIChatModel(
+            spec.name, provider=OpenAIProvider(base_url=base_url, api_key=api_key)
+        )
+    if spec.provider == "anthropic":
+        from pydantic_ai.models.anthropic import AnthropicModel
+        from pydantic_ai.providers.anthropic import AnthropicProvider
+
+        defaults = {} if "max_tokens" in settings else {"max_tokens": _ANTHROPIC_MAX_TOKENS}
+        return AnthropicModel(
+            spec.name,
+            provider=AnthropicProvider(base_url=base_url, api_key=api_key),
+            settings=defaults,  # type: ignore[arg-type]
+        )
+    from pydantic_ai.models.google import GoogleModel
+    from pydantic_ai.providers.google import GoogleProvider
+
+    return GoogleModel(spec.name, provider=GoogleProvider(base_url=base_url, api_key=api_key))
+
+
+class ChatStrategy(PydanticAIStrategy[Any]):
+    """Sends one chat request (a prompt made by `render_request`) per attempt.
+
+    System messages become the run's instructions; the other messages before the last
+    user message are the history. The agent's model settings are the run-wide ``-o``
+    options (part of the checkpoint identity); a line's own options are part of its prompt.
+    """
+
+    def __init__(self, agent: Any, spec: ModelSpec, schema: Mapping[str, Any] | None) -> None:
+        super().__init__(agent)
+        self.spec = spec
+        self.schema = schema
+
+    async def _run(self, prompt: str) -> Any:
+        from pydantic_ai import capture_run_messages
+        from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+
+        messages, options = parse_request(prompt)
+        system = "\n\n".join(m.content for m in messages if m.role == "system") or None
+        turns: list[ChatMessage] = [m for m in messages if m.role != "system"]
+        history: list[Any] = [
+            ModelRequest(parts=[UserPromptPart(content=m.content)])
+            if m.role == "user"
+            else ModelResponse(parts=[TextPart(content=m.content)])
+            for m in turns[:-1]
+        ]
+        settings = {**options, "max_retries": 0}
+        with capture_run_messages() as captured:
+            try:
+                agent: Any = self.agent
+                return await agent.run(
+                    turns[-1].content,
+                    message_history=history or None,
+                    instructions=system,
+                    model_settings=settings,
+                )
+            except Exception as exc:
+                from async_batch_llm.llm_strategies import (
+                    _record_failed_usage,
+                    _usage_of_messages,
+                )
+
+                usage = _usage_of_messages(captured)
+                if usage is not None:
+                    _record_failed_usage(exc, usage)
+                raise
+
+    def checkpoint_identity(self) -> object:
+        identity = super().checkpoint_identity()
+        return {"model": str(self.spec), "agent": identity, "schema": self.schema}
+
+
+def build_strategy(
+    spec: ModelSpec,
+    *,
+    base_url: str | None,
+    options: Mapping[str, Any],
+    schema: dict[str, Any] | None,
+) -> ChatStrategy:
+    """The strategy every line of a run uses."""
+    from pydantic_ai import Agent
+    from pydantic_ai.output import StructuredDict
+
+    model = build_model(spec, base_url, options)
+    output_type: Any = str
+    if schema is not None:
+        output_type = StructuredDict(schema, name=str(schema.get("title") or "result"))
+    settings: Any = dict(options) or None
+    agent: Any = Agent(model, output_type=output_type, model_settings=settings)
+    return ChatStrategy(agent, spec, schema)

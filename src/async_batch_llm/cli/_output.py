@@ -1,0 +1,120 @@
+"""Output lines of ``abl``: one JSON object per item, and the file they are written to."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, Final
+
+__all__ = ["OutputWriter", "error_parts", "output_line"]
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def error_parts(error: str | None, category: str | None) -> dict[str, Any] | None:
+    """``{"type", "message", "category"}`` of a result's ``"Type: message"`` error text."""
+    if error is None:
+        return None
+    kind, sep, message = error.partition(": ")
+    if not sep or not kind.isidentifier():
+        kind, message = "Error", error
+    return {"type": kind, "message": message, "category": category}
+
+
+def usage_parts(usage: Mapping[str, Any] | None) -> dict[str, int]:
+    """The line's ``usage``: input, output and cached input tokens."""
+    usage = usage or {}
+    return {
+        "input_tokens": _count(usage.get("input_tokens")),
+        "output_tokens": _count(usage.get("output_tokens")),
+        "cached_tokens": _count(usage.get("cached_input_tokens")),
+    }
+
+
+def output_line(
+    *,
+    item_id: str,
+    ok: bool,
+    output: Any,
+    error: dict[str, Any] | None,
+    usage: Mapping[str, Any] | None,
+    attempts: int,
+    cost: Decimal | None,
+    model: str,
+    replayed: bool,
+    metadata: Any,
+) -> str:
+    """One output line (with its newline).
+
+    ``cost_usd`` is written as a JSON number with the exact digits of the `Decimal` (read
+    it with ``json.loads(line, parse_float=decimal.Decimal)`` to keep them), or ``null``
+    when the model has no known price.
+    """
+    head = _encode(
+        {
+            "id": item_id,
+            "ok": ok,
+            "output": output,
+            "error": error,
+            "usage": usage_parts(usage),
+            "attempts": attempts,
+        }
+    )
+    tail = _encode({"model": model, "replayed": replayed, "metadata": metadata})
+    price = "null" if cost is None else format(cost, "f")
+    return f'{head[:-1]},"cost_usd":{price},{tail[1:]}\n'
+
+
+class OutputWriter:
+    """Writes output lines to a file that is only ever complete, or to standard output.
+
+    A file is written under a temporary name beside it and moved into place by `finish`
+    (after an ``fsync``), so OUTPUT never holds a torn or half-written run: a crash leaves
+    the previous version, and the rerun, which replays what was committed, writes it whole.
+    """
+
+    #: Suffix of the file being written.
+    PARTIAL_SUFFIX: Final = ".partial"
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path is None or path == "-" else Path(path)
+        self._file: IO[str]
+        if self.path is None:
+            self._file = sys.stdout
+            self._partial: Path | None = None
+        else:
+            self._partial = self.path.with_name(self.path.name + self.PARTIAL_SUFFIX)
+            self._file = open(self._partial, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        self.lines = 0
+
+    def write(self, line: str) -> None:
+        self._file.write(line)
+        self.lines += 1
+
+    def finish(self) -> None:
+        """Make everything written visible at OUTPUT (or flushed to standard output)."""
+        if self._partial is None or self.path is None:
+            self._file.flush()
+            return
+        if self._file.closed:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._partial, self.path)
+
+    def discard(self) -> None:
+        """Drop what was written (the run could not start)."""
+        if self._partial is None:
+            return
+        if not self._file.closed:
+            self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+def _count(value: object) -> int:
+    return value if type(value) is int and value > 0 else 0

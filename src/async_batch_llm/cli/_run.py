@@ -1,0 +1,430 @@
+"""``abl run``: one JSONL file through the library, resumable, priced and within budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final
+
+from async_batch_llm.budget import Budget
+from async_batch_llm.checkpoint import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointMismatchError,
+    ResumePolicy,
+    SQLiteCheckpointStore,
+)
+from async_batch_llm.cli._input import InputFile, InputRecord, render_request
+from async_batch_llm.cli._model import (
+    ChatStrategy,
+    ModelSpec,
+    UsageError,
+    build_strategy,
+    load_schema,
+    parse_model,
+)
+from async_batch_llm.cli._output import OutputWriter, error_parts, output_line
+from async_batch_llm.cli._progress import Counters, Progress
+
+__all__ = ["ExitCode", "RunOptions", "run"]
+
+logger = logging.getLogger("async_batch_llm.cli")
+
+
+class ExitCode:
+    """The statuses ``abl`` exits with."""
+
+    OK: Final = 0
+    FAILED_ITEMS: Final = 1
+    USAGE: Final = 2
+    BUDGET: Final = 3
+    CHECKPOINT_IO: Final = 4
+    INTERRUPTED: Final = 130
+
+
+#: Suffix of the state file kept beside OUTPUT (or INPUT when the output is stdout).
+STATE_SUFFIX: Final = ".abl-state"
+#: Keys the command line keeps in the store's metadata.
+META_MODEL: Final = "abl.model"
+META_INPUT: Final = "abl.input"
+META_OUTPUT: Final = "abl.output"
+#: Categories of results that are not the item's outcome: the run stopped before its call.
+NOT_RUN: Final = frozenset({"budget_exhausted", "interrupted"})
+_ERRORS_SHOWN: Final = 20
+
+
+@dataclass
+class RunOptions:
+    """Everything ``abl run`` was asked to do."""
+
+    input: str
+    output: str | None
+    model: str
+    base_url: str | None = None
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+    schema: str | None = None
+    concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    max_cost: Decimal | None = None
+    max_tokens_total: int | None = None
+    state: str | None = None
+    fresh: bool = False
+    ordered: bool = False
+    limit: int | None = None
+    dry_run: bool = False
+    progress: bool = True
+    quiet: bool = False
+    summary_json: str | None = None
+    timeout: float = 120.0
+    argv: Sequence[str] = ()
+
+
+def default_state(options: RunOptions) -> str | None:
+    """The state file: ``--state``, else beside OUTPUT, else beside INPUT (``None``: both
+    are standard streams, so there is nowhere to keep it)."""
+    if options.state:
+        return options.state
+    for path in (options.output, options.input):
+        if path not in (None, "-"):
+            return f"{path}{STATE_SUFFIX}"
+    return None
+
+
+class StateFile(SQLiteCheckpointStore):
+    """The SQLite store, recording what the command line ran in its metadata."""
+
+    def __init__(self, path: str, meta: Mapping[str, str]) -> None:
+        super().__init__(path)
+        self.path = path
+        self._cli_meta = dict(meta)
+
+    def __repr__(self) -> str:
+        return repr(self.path)
+
+    async def open(self, *, reset: bool = False) -> dict[str, str]:
+        meta = await super().open(reset=reset)
+        await self.save_meta(self._cli_meta)
+        return meta
+
+
+class _Interrupt:
+    """Ctrl-C once: stop taking input and skip queued items; twice: cancel the run."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.presses = 0
+        self.task: asyncio.Task[Any] | None = None
+        self.on_first: Any = None
+
+    def __call__(self) -> None:
+        self.presses += 1
+        if self.presses == 1:
+            self.stopping = True
+            if self.on_first is not None:
+                self.on_first()
+        elif self.task is not None:
+            self.task.cancel()
+
+
+def _stop_gate(interrupt: _Interrupt) -> Any:
+    from async_batch_llm.middleware import BaseMiddleware
+
+    class StopGate(BaseMiddleware[Any, Any, Any]):
+        """Skips the items still queued once Ctrl-C was pressed (they were not called)."""
+
+        async def before_process(self, work_item: Any) -> Any:
+            return None if interrupt.stopping else work_item
+
+    return StopGate()
+
+
+def _print(text: str, *, quiet: bool = False) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run(options: RunOptions) -> int:
+    """Run ``abl run`` and return its exit status."""
+    try:
+        spec = parse_model(options.model)
+        schema = load_schema(options.schema) if options.schema else None
+        source = InputFile(options.input, template=options.template, system=options.system)
+    except UsageError as exc:
+        _print(f"abl: error: {exc}")
+        return ExitCode.USAGE
+    except ValueError as exc:  # a bad --template
+        _print(f"abl: error: {exc}")
+        return ExitCode.USAGE
+    except OSError as exc:
+        _print(f"abl: error: cannot read {options.input}: {exc.strerror or exc}")
+        return ExitCode.USAGE
+    with source:
+        report = source.validate(limit=options.limit, max_errors=_ERRORS_SHOWN)
+        if not report.ok:
+            for error in report.errors:
+                _print(f"abl: {source.name}:{error}")
+            if report.error_count > len(report.errors):
+                _print(f"abl: ... and {report.error_count - len(report.errors)} more errors")
+            _print(f"abl: {report.error_count} invalid line(s) in {source.name}; nothing was run")
+            return ExitCode.USAGE
+        if options.dry_run:
+            return _dry_run(options, spec, report.records, source)
+        if options.input != "-":
+            options.input = os.path.abspath(options.input)
+        try:
+            return asyncio.run(_run(options, spec, schema, source, report.records))
+        except UsageError as exc:
+            _print(f"abl: error: {exc}")
+            return ExitCode.USAGE
+
+
+def _dry_run(options: RunOptions, spec: ModelSpec, records: int, source: InputFile) -> int:
+    from async_batch_llm.pricing import Pricer
+
+    input_tokens = sum(
+        len(render_request(record)) // 4 + 1 for record in source.records(limit=options.limit)
+    )
+    pricer = Pricer(str(spec))
+    cost = pricer.price({"input_tokens": input_tokens}) if pricer.known else None
+    state = default_state(options)
+    lines = [
+        f"{records:,} valid request(s) in {source.name} for {spec}",
+        f"about {input_tokens:,} input tokens"
+        + ("" if cost is None else f", about ${cost:.4f} before output tokens"),
+        f"state: {state or 'none (both input and output are standard streams)'}",
+        "dry run: nothing was called",
+    ]
+    for line in lines:
+        _print(line)
+    return ExitCode.OK
+
+
+async def _run(
+    options: RunOptions,
+    spec: ModelSpec,
+    schema: dict[str, Any] | None,
+    source: InputFile,
+    total: int,
+) -> int:
+    from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessorConfig, RetryConfig
+    from async_batch_llm.pricing import Pricer, price_data_version
+    from async_batch_llm.rate_control import AdaptiveRateLimitStrategy
+
+    strategy: ChatStrategy = build_strategy(
+        spec, base_url=options.base_url, options=options.options, schema=schema
+    )
+    state = default_state(options)
+    input_path = options.input
+    model_name = str(spec)
+    pricer = Pricer(model_name)
+    budget = None
+    if options.max_cost is not None or options.max_tokens_total is not None:
+        budget = Budget(
+            max_total_cost=options.max_cost,
+            max_total_tokens=options.max_tokens_total,
+            cost=pricer.price if pricer.known else None,
+        )
+    if options.max_cost is not None and not pricer.known:
+        msg = f"--max-cost needs prices for {model_name}, and genai-prices has none"
+        raise UsageError(msg)
+    interrupt = _Interrupt()
+    interrupt.task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    checkpoint = None
+    if state is not None:
+        checkpoint = StateFile(
+            state,
+            {
+                META_MODEL: model_name,
+                META_INPUT: input_path,
+                META_OUTPUT: options.output or "-",
+            },
+        )
+    config = ProcessorConfig(
+        max_workers=options.concurrency,
+        timeout_per_item=options.timeout,
+        retry=RetryConfig(max_attempts=3),
+    )
+    rate = AdaptiveRateLimitStrategy(rpm=options.rpm, tpm=options.tpm)
+    counters = Counters(total=total)
+    progress = Progress(
+        counters,
+        sys.stderr,
+        live=options.progress and not options.quiet and sys.stderr.isatty(),
+    )
+    interrupt.on_first = lambda: progress.print(
+        "Stopping: finishing the calls in flight (Ctrl-C again to cancel them) ..."
+    )
+    writer = OutputWriter(options.output)
+    warned_model: list[bool] = [False]
+
+    def items() -> Iterator[LLMWorkItem[str, Any, Any]]:
+        for record in source.records(limit=options.limit, check_duplicates=False):
+            if interrupt.stopping:
+                return
+            if record.model and record.model != spec.name and not warned_model[0]:
+                warned_model[0] = True
+                progress.print(
+                    f"abl: note: line {record.line} names model {record.model!r}; every "
+                    f"line runs on {model_name} (-m)"
+                )
+            yield LLMWorkItem(
+                item_id=record.id,
+                strategy=strategy,
+                prompt=render_request(record),
+                context=record,
+            )
+
+    processor: Any = ParallelBatchProcessor(
+        config=config,
+        rate_limit_strategy=rate,
+        middlewares=[_stop_gate(interrupt)],
+        checkpoint=checkpoint,
+        resume=ResumePolicy.NONE if options.fresh else ResumePolicy.REUSE_SUCCESSES,
+        budget=budget,
+    )
+    counters.rate_limits = lambda: processor._stats.rate_limit_count
+    tokens = {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0}
+    all_runs_cost = Decimal(0)
+    exit_code = ExitCode.OK
+    budget_stopped = False
+    started = time.monotonic()
+    if not options.quiet and options.progress:
+        progress.start()
+    try:
+        async with processor:
+            async for result in processor.stream(items(), ordered=options.ordered):
+                record: InputRecord = result.context
+                category = result.error_category
+                error: dict[str, Any] | None
+                if not result.success and category == "skipped" and interrupt.stopping:
+                    category = "interrupted"
+                    error = {
+                        "type": "Interrupted",
+                        "message": "stopped by Ctrl-C before the call",
+                        "category": category,
+                    }
+                else:
+                    error = error_parts(result.error, category)
+                usage: Any = result.token_usage
+                cost = pricer.price(usage) if pricer.known else None
+                counters.done += 1
+                if result.replayed:
+                    counters.replayed += 1
+                elif usage:
+                    for key in tokens:
+                        tokens[key] += usage.get(key, 0)
+                if cost is None:
+                    if usage and usage.get("total_tokens"):
+                        counters.unpriced += 1
+                else:
+                    all_runs_cost += cost
+                    if not result.replayed:
+                        counters.cost += cost
+                if result.success:
+                    counters.ok += 1
+                elif category in NOT_RUN:
+                    counters.not_run += 1
+                    budget_stopped = budget_stopped or category == "budget_exhausted"
+                else:
+                    counters.failed += 1
+                writer.write(
+                    output_line(
+                        item_id=result.item_id,
+                        ok=result.success,
+                        output=result.output,
+                        error=error,
+                        usage=usage,
+                        attempts=result.attempts,
+                        cost=cost,
+                        model=model_name,
+                        replayed=result.replayed,
+                        metadata=record.metadata,
+                    )
+                )
+    except asyncio.CancelledError:
+        exit_code = ExitCode.INTERRUPTED
+    except (CheckpointLockedError, CheckpointMismatchError) as exc:
+        await progress.stop()
+        writer.discard()
+        hint = (
+            " (rerun with --fresh to start over)"
+            if isinstance(exc, CheckpointMismatchError)
+            else ""
+        )
+        _print(f"abl: error: {exc}{hint}")
+        return ExitCode.USAGE
+    except CheckpointError as exc:
+        await progress.stop()
+        writer.finish()
+        _print(f"abl: error: checkpoint I/O failed: {exc}")
+        return ExitCode.CHECKPOINT_IO
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await progress.stop()
+    writer.finish()
+    if interrupt.presses:
+        exit_code = ExitCode.INTERRUPTED
+    elif budget_stopped:
+        exit_code = ExitCode.BUDGET
+    elif counters.failed:
+        exit_code = ExitCode.FAILED_ITEMS
+    summary = {
+        "exit_code": exit_code,
+        "total": total,
+        "done": counters.done,
+        "ok": counters.ok,
+        "failed": counters.failed,
+        "replayed": counters.replayed,
+        "not_run": counters.not_run + max(0, total - counters.done),
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "tokens": tokens,
+        "cost_usd_this_run": format(counters.cost, "f"),
+        "cost_usd_all_runs": format(all_runs_cost, "f"),
+        "unpriced_items": counters.unpriced,
+        "prices": price_data_version(),
+        "rate_limits": processor._stats.rate_limit_count,
+        "model": model_name,
+        "output": options.output or "-",
+        "state": state,
+    }
+    _summarize(summary, options, exit_code)
+    if options.summary_json:
+        with open(options.summary_json, "w", encoding="utf-8") as file:  # noqa: ASYNC230
+            file.write(json.dumps(summary, indent=2) + "\n")
+    return exit_code
+
+
+def _summarize(summary: dict[str, Any], options: RunOptions, exit_code: int) -> None:
+    if options.quiet:
+        return
+    tokens = summary["tokens"]
+    lines = [
+        f"{summary['done']:,} of {summary['total']:,} item(s) in {summary['wall_seconds']:.1f}s: "
+        f"{summary['ok']:,} ok, {summary['failed']:,} failed, {summary['replayed']:,} replayed, "
+        f"{summary['not_run']:,} not run",
+        f"tokens this run: {tokens['input_tokens']:,} in ({tokens['cached_input_tokens']:,} "
+        f"cached), {tokens['output_tokens']:,} out; {summary['rate_limits']:,} rate limit(s)",
+        f"cost: ${Decimal(summary['cost_usd_this_run']):.4f} this run, "
+        f"${Decimal(summary['cost_usd_all_runs']):.4f} for all results "
+        f"({summary['unpriced_items']:,} unpriced; prices: {summary['prices']})",
+    ]
+    if exit_code in (ExitCode.INTERRUPTED, ExitCode.BUDGET):
+        why = "interrupted" if exit_code == ExitCode.INTERRUPTED else "stopped by the budget"
+        command = shlex.join(["abl", *options.argv]) if options.argv else "the same command"
+        lines.append(f"{why}; committed results are kept. Resume with: {command}")
+    for line in lines:
+        _print(line)
