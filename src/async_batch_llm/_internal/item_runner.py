@@ -461,8 +461,12 @@ class ItemRunner:
                     result.token_usage, dispatcher, "A middleware's on_error() result"
                 )
         if result is None:
-            logger.error(
-                "Item %s failed: %s", item.item_id, error_text(exc, ERROR_MESSAGE_MAX_LENGTH)
+            # Once a budget is spent every remaining item ends this way; it said so once.
+            logger.log(
+                logging.DEBUG if category == "budget_exhausted" else logging.ERROR,
+                "Item %s failed: %s",
+                item.item_id,
+                error_text(exc, ERROR_MESSAGE_MAX_LENGTH),
             )
             limit = ERROR_MESSAGE_DETAILED_LENGTH if detailed else ERROR_MESSAGE_MAX_LENGTH
             result = WorkItemResult(

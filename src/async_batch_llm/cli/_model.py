@@ -10,8 +10,21 @@ from typing import Any, Final
 
 from async_batch_llm.cli._input import ChatMessage, parse_request
 from async_batch_llm.llm_strategies import PydanticAIStrategy
+from async_batch_llm.strategies.errors import (
+    DefaultErrorClassifier,
+    ErrorInfo,
+    error_info,
+    unwrap_token_tracking,
+)
 
-__all__ = ["ChatStrategy", "ModelSpec", "UsageError", "build_strategy", "parse_model"]
+__all__ = [
+    "ChatStrategy",
+    "HTTPStatusClassifier",
+    "ModelSpec",
+    "UsageError",
+    "build_strategy",
+    "parse_model",
+]
 
 #: pydantic-ai's provider prefixes that this command line builds models for, and the
 #: environment variable that holds each one's API key.
@@ -108,6 +121,16 @@ def build_model(spec: ModelSpec, base_url: str | None, settings: Mapping[str, An
     return GoogleModel(spec.name, provider=GoogleProvider(base_url=base_url, api_key=api_key))
 
 
+class _Reply:
+    """A direct request's answer, shaped like an agent run's result."""
+
+    __slots__ = ("output", "usage")
+
+    def __init__(self, output: str, usage: Any) -> None:
+        self.output = output
+        self.usage = usage
+
+
 class ChatStrategy(PydanticAIStrategy[Any]):
     """Sends one chat request (a prompt made by `render_request`) per attempt.
 
@@ -120,14 +143,51 @@ class ChatStrategy(PydanticAIStrategy[Any]):
         super().__init__(agent)
         self.spec = spec
         self.schema = schema
+        self._model = agent.model
+        self._settings: dict[str, Any] = dict(agent.model_settings or {})
 
     async def _run(self, prompt: str) -> Any:
-        from pydantic_ai import capture_run_messages
-        from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
-
         messages, options = parse_request(prompt)
         system = "\n\n".join(m.content for m in messages if m.role == "system") or None
         turns: list[ChatMessage] = [m for m in messages if m.role != "system"]
+        if self.schema is None:
+            return await self._request(system, turns, options)
+        return await self._run_agent(system, turns, options)
+
+    async def _request(
+        self, system: str | None, turns: list[ChatMessage], options: Mapping[str, Any]
+    ) -> Any:
+        # Text output needs no agent: one request through pydantic-ai's direct API skips the
+        # agent graph, which costs more CPU per call than the HTTP request itself.
+        from pydantic_ai.direct import model_request
+        from pydantic_ai.messages import (
+            ModelRequest,
+            ModelResponse,
+            SystemPromptPart,
+            TextPart,
+            UserPromptPart,
+        )
+
+        history: list[Any] = []
+        for number, message in enumerate(turns):
+            if message.role == "assistant":
+                history.append(ModelResponse(parts=[TextPart(content=message.content)]))
+                continue
+            parts: list[Any] = [UserPromptPart(content=message.content)]
+            if number == 0 and system is not None:
+                parts.insert(0, SystemPromptPart(content=system))
+            history.append(ModelRequest(parts=parts))
+        settings: Any = {**self._settings, **options, "max_retries": 0}
+        response = await model_request(self._model, history, model_settings=settings)
+        text = "".join(part.content for part in response.parts if isinstance(part, TextPart))
+        return _Reply(text, response.usage)
+
+    async def _run_agent(
+        self, system: str | None, turns: list[ChatMessage], options: Mapping[str, Any]
+    ) -> Any:
+        from pydantic_ai import capture_run_messages
+        from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+
         history: list[Any] = [
             ModelRequest(parts=[UserPromptPart(content=m.content)])
             if m.role == "user"
@@ -178,3 +238,26 @@ def build_strategy(
     settings: Any = dict(options) or None
     agent: Any = Agent(model, output_type=output_type, model_settings=settings)
     return ChatStrategy(agent, spec, schema)
+
+
+class HTTPStatusClassifier(DefaultErrorClassifier):
+    """The default rules, plus the HTTP status of an error they leave unclassified.
+
+    pydantic-ai raises a provider's 400 (a bad request, a refused prompt) as
+    ``ModelHTTPError``, which the default rules retry as ``unknown``: the same rejected
+    request would be paid for three times. Here a 4xx other than 408, 409 and 429 is
+    permanent (``client_error``) and a 5xx retryable (``server_error``).
+    """
+
+    def classify(self, exception: Exception) -> ErrorInfo:
+        info = super().classify(exception)
+        if info.error_category != "unknown":
+            return info
+        status = getattr(unwrap_token_tracking(exception), "status_code", None)
+        if isinstance(status, bool) or not isinstance(status, int):
+            return info
+        if status >= 500 or status in (408, 409):
+            return error_info("server_error", retryable=True)
+        if 400 <= status < 500 and status != 429:
+            return error_info("client_error", retryable=False)
+        return info

@@ -82,37 +82,45 @@ class OutputWriter:
 
     def __init__(self, path: str | None) -> None:
         self.path = None if path is None or path == "-" else Path(path)
-        self._file: IO[str]
-        if self.path is None:
-            self._file = sys.stdout
-            self._partial: Path | None = None
-        else:
-            self._partial = self.path.with_name(self.path.name + self.PARTIAL_SUFFIX)
-            self._file = open(self._partial, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        self._partial = (
+            None if self.path is None else self.path.with_name(self.path.name + self.PARTIAL_SUFFIX)
+        )
+        # Opened at the first line (or by `finish`): a run that cannot start (its state file
+        # is locked by another run) must not touch the file that other run is writing.
+        self._file: IO[str] | None = sys.stdout if self.path is None else None
+        self._done = False
         self.lines = 0
 
+    def _open(self) -> IO[str]:
+        assert self._partial is not None
+        self._file = open(self._partial, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        return self._file
+
     def write(self, line: str) -> None:
-        self._file.write(line)
+        file = self._file if self._file is not None else self._open()
+        file.write(line)
         self.lines += 1
 
     def finish(self) -> None:
         """Make everything written visible at OUTPUT (or flushed to standard output)."""
+        if self._done:
+            return
+        self._done = True
         if self._partial is None or self.path is None:
-            self._file.flush()
+            sys.stdout.flush()
             return
-        if self._file.closed:
-            return
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        file = self._file if self._file is not None else self._open()
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
         os.replace(self._partial, self.path)
 
     def discard(self) -> None:
         """Drop what was written (the run could not start)."""
-        if self._partial is None:
+        if self._done or self._partial is None or self._file is None:
             return
-        if not self._file.closed:
-            self._file.close()
+        self._done = True
+        self._file.close()
         self._partial.unlink(missing_ok=True)
 
 

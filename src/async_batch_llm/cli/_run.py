@@ -26,6 +26,7 @@ from async_batch_llm.checkpoint import (
 from async_batch_llm.cli._input import InputFile, InputRecord, render_request
 from async_batch_llm.cli._model import (
     ChatStrategy,
+    HTTPStatusClassifier,
     ModelSpec,
     UsageError,
     build_strategy,
@@ -107,11 +108,10 @@ class StateFile(SQLiteCheckpointStore):
 
     def __init__(self, path: str, meta: Mapping[str, str]) -> None:
         super().__init__(path)
-        self.path = path
         self._cli_meta = dict(meta)
 
     def __repr__(self) -> str:
-        return repr(self.path)
+        return repr(str(self.path))
 
     async def open(self, *, reset: bool = False) -> dict[str, str]:
         meta = await super().open(reset=reset)
@@ -155,8 +155,15 @@ def _print(text: str, *, quiet: bool = False) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def _quiet_item_logs() -> None:
+    # Each item's errors and retries are in its output line; logged too, they would bury
+    # the warnings that matter (a budget spent, a provider's limit) on a long run.
+    logging.getLogger("async_batch_llm._internal.item_runner").setLevel(logging.CRITICAL)
+
+
 def run(options: RunOptions) -> int:
     """Run ``abl run`` and return its exit status."""
+    _quiet_item_logs()
     try:
         spec = parse_model(options.model)
         schema = load_schema(options.schema) if options.schema else None
@@ -291,6 +298,7 @@ async def _run(
     processor: Any = ParallelBatchProcessor(
         config=config,
         rate_limit_strategy=rate,
+        error_classifier=HTTPStatusClassifier(),
         middlewares=[_stop_gate(interrupt)],
         checkpoint=checkpoint,
         resume=ResumePolicy.NONE if options.fresh else ResumePolicy.REUSE_SUCCESSES,
