@@ -46,3 +46,29 @@ def test_the_guide_session_runs_and_its_rerun_replays(tmp_path: Path) -> None:
     assert all(line["ok"] and line["replayed"] for line in lines)
     assert {line["id"]: line["metadata"] for line in lines}["q1"] == {"topic": "geo"}
     assert "3 item(s)" in done.stdout + done.stderr
+
+
+README_SECTION = re.compile(
+    r"^## From the command line\n.*?```bash\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE
+)
+
+
+def test_the_readme_command_line_block_runs_as_pasted(tmp_path: Path) -> None:
+    match = README_SECTION.search((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert match is not None, "the README's command-line block is gone"
+    script = match.group("body").replace("8765", str(free_port()))
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_API_KEY")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(
+        ["bash", "-e", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == ["1", "2", "3"]
+    assert all(line["ok"] and line["cost_usd"] is not None for line in lines)
