@@ -888,3 +888,30 @@ def test_validation_memory_is_bounded_by_the_ids(tmp_path: Path) -> None:
     # The ids and their line numbers take about 13 MB; everything else is per line.
     assert peak < bound, f"peak {peak / 2**20:.1f} MiB"
     assert sum(1 for _ in input_file.records(check_duplicates=False)) == count
+
+
+class TestSeenIdsSpillToDisk:
+    def test_old_ids_are_found_after_they_left_memory(self) -> None:
+        from async_batch_llm.cli._input import SeenIds
+
+        with SeenIds(memory_limit=3) as seen:
+            for number in range(1, 11):
+                assert seen.setdefault(f"id-{number}", number) == number
+            assert seen.setdefault("id-1", 99) == 1  # spilled long ago
+            assert seen.setdefault("id-10", 99) == 10  # still in memory
+            assert seen.setdefault("id-11", 11) == 11
+
+    def test_a_duplicate_far_apart_is_reported_with_both_lines(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from async_batch_llm.cli import _input
+
+        monkeypatch.setattr(_input.SeenIds.__init__, "__defaults__", (4,))
+        path = tmp_path / "in.jsonl"
+        lines = [json.dumps({"id": f"a{i}", "prompt": "p"}) for i in range(20)]
+        lines.append(json.dumps({"id": "a2", "prompt": "again"}))
+        path.write_text("\n".join(lines) + "\n")
+        report = _input.InputFile(path).validate()
+        assert [str(e) for e in report.errors] == [
+            "line 21: duplicate id 'a2' (first seen at line 3)"
+        ]

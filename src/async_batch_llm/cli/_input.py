@@ -38,13 +38,14 @@ import difflib
 import errno
 import json
 import os
+import sqlite3
 import stat
 import string
 import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from contextlib import closing, suppress
+from contextlib import closing, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -56,6 +57,7 @@ __all__ = [
     "InputFile",
     "InputFormat",
     "InputRecord",
+    "SeenIds",
     "ValidationReport",
     "parse_request",
     "render_request",
@@ -388,6 +390,63 @@ def _field_text(name: str, value: object) -> object:
     return value
 
 
+class SeenIds:
+    """The ids seen so far with their first line numbers, in bounded memory.
+
+    The latest `memory_limit` ids are kept in a dict; older ones move to an indexed table
+    in a temporary SQLite file, which each new id is looked up in. A set of every id would
+    grow with the file: about 130 bytes per short id, 1.3 GB for 10 million lines.
+    """
+
+    def __init__(self, memory_limit: int = 50_000) -> None:
+        self._memory_limit = memory_limit
+        self._recent: dict[str, int] = {}
+        self._db: sqlite3.Connection | None = None
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+
+    def setdefault(self, key: str, number: int) -> int:
+        """The line `key` was first seen at, recording `number` when it is new."""
+        first = self._recent.get(key)
+        if first is not None:
+            return first
+        if self._db is not None:
+            row = self._db.execute("SELECT line FROM ids WHERE id = ?", (key,)).fetchone()
+            if row is not None:
+                return int(row[0])
+        self._recent[key] = number
+        if len(self._recent) >= self._memory_limit:
+            self._spill()
+        return number
+
+    def _spill(self) -> None:
+        if self._db is None:
+            self._directory = tempfile.TemporaryDirectory(prefix="abl-ids-")
+            self._db = sqlite3.connect(os.path.join(self._directory.name, "ids.sqlite"))
+            # A scratch file: nothing to recover after a crash.
+            self._db.execute("PRAGMA journal_mode = OFF")
+            self._db.execute("PRAGMA synchronous = OFF")
+            self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        with self._db:
+            self._db.executemany("INSERT INTO ids VALUES (?, ?)", self._recent.items())
+        self._recent.clear()
+
+    def close(self) -> None:
+        """Drop what was kept (the temporary file included)."""
+        self._recent.clear()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None
+
+    def __enter__(self) -> SeenIds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class InputFile:
     """A JSONL input file, read in streaming passes.
 
@@ -460,9 +519,9 @@ class InputFile:
     def validate(self, *, limit: int | None = None, max_errors: int = 20) -> ValidationReport:
         """Check every line in one streaming pass.
 
-        Duplicate ids are found across the whole file (or the first `limit` records): this
-        keeps every id seen, with its line number, which is the only memory that grows with
-        the file (about 130 bytes per record for short ids, 13 MB for 100,000 records).
+        Duplicate ids are found across the whole file (or the first `limit` records): the
+        ids seen are kept with their line numbers, the latest ones in memory and the rest in
+        a temporary SQLite file (`SeenIds`), so memory does not grow with the file.
 
         Args:
             limit: Check only the first `limit` records (non-blank lines, bad ones
@@ -482,7 +541,7 @@ class InputFile:
         report = ValidationReport(records=0)
         shapes: set[_Shape] = set()
         # Checked, not built: validation is the pass that reads the file for nothing else.
-        with closing(self._scan(limit, {}, build=False)) as scan:
+        with SeenIds() as seen, closing(self._scan(limit, seen, build=False)) as scan:
             for item in scan:
                 if type(item) is InputError:
                     report.error_count += 1
@@ -506,9 +565,9 @@ class InputFile:
 
         Args:
             limit: Yield only the first `limit` records (non-blank lines).
-            check_duplicates: Fail on a duplicate id, which keeps every id seen (see
-                `validate`); turn it off after a successful `validate` of an input that
-                cannot have changed, for memory that does not grow with the file.
+            check_duplicates: Fail on a duplicate id (the ids are kept as `validate`
+                keeps them); turn it off after a successful `validate` of an input that
+                cannot have changed, to skip that work.
 
         Yields:
             The records, in file order.
@@ -519,7 +578,7 @@ class InputFile:
             OSError: The file cannot be read.
         """
         _check_count("limit", limit)
-        return self._records(limit, {} if check_duplicates else None)
+        return self._records(limit, SeenIds() if check_duplicates else None)
 
     def close(self) -> None:
         """Delete the copy of a one-shot input; passes are refused afterwards."""
@@ -542,15 +601,18 @@ class InputFile:
     ) -> None:
         self.close()
 
-    def _records(self, limit: int | None, seen: dict[str, int] | None) -> Iterator[InputRecord]:
-        with closing(self._scan(limit, seen, build=True)) as scan:
+    def _records(self, limit: int | None, seen: SeenIds | None) -> Iterator[InputRecord]:
+        with (
+            seen if seen is not None else nullcontext(),
+            closing(self._scan(limit, seen, build=True)) as scan,
+        ):
             for item in scan:
                 if type(item) is InputError:
                     raise item
                 yield item[1]  # type: ignore[index, misc]
 
     def _scan(
-        self, limit: int | None, seen: dict[str, int] | None, *, build: bool
+        self, limit: int | None, seen: SeenIds | None, *, build: bool
     ) -> Generator[tuple[_Shape, InputRecord | None] | InputError, None, None]:
         """One pass: each non-blank line as its shape and record (if `build`), or its error."""
         if self._closed:
@@ -574,7 +636,7 @@ class InputFile:
                     return
 
     def _parse_line(
-        self, raw: bytes, number: int, seen: dict[str, int] | None, build: bool
+        self, raw: bytes, number: int, seen: SeenIds | None, build: bool
     ) -> tuple[_Shape, InputRecord | None]:
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             # Windows editors put a BOM before the first line.
@@ -610,7 +672,7 @@ class InputFile:
         _fail("missing 'prompt' or 'messages'")
 
     @staticmethod
-    def _register(record_id: str, number: int, seen: dict[str, int] | None) -> None:
+    def _register(record_id: str, number: int, seen: SeenIds | None) -> None:
         if seen is not None:
             first = seen.setdefault(record_id, number)
             if first != number:
@@ -624,7 +686,7 @@ class InputFile:
         return None if has_system else self.system
 
     def _from_prompt(
-        self, obj: dict[str, Any], number: int, seen: dict[str, int] | None, build: bool
+        self, obj: dict[str, Any], number: int, seen: SeenIds | None, build: bool
     ) -> InputRecord | None:
         unknown = obj.keys() - _PROMPT_KEY_SET
         if unknown:
@@ -635,7 +697,7 @@ class InputFile:
         return self._record(obj, number, record_id, prompt, False, build)
 
     def _from_messages(
-        self, obj: dict[str, Any], number: int, seen: dict[str, int] | None, build: bool
+        self, obj: dict[str, Any], number: int, seen: SeenIds | None, build: bool
     ) -> InputRecord | None:
         unknown = obj.keys() - _MESSAGES_KEY_SET
         if unknown:
@@ -646,7 +708,7 @@ class InputFile:
         return self._record(obj, number, record_id, messages, has_system, build)
 
     def _from_batch(
-        self, obj: dict[str, Any], number: int, seen: dict[str, int] | None, build: bool
+        self, obj: dict[str, Any], number: int, seen: SeenIds | None, build: bool
     ) -> InputRecord | None:
         unknown = obj.keys() - _BATCH_KEY_SET
         if unknown:
@@ -690,7 +752,7 @@ class InputFile:
         )
 
     def _from_template(
-        self, obj: dict[str, Any], number: int, seen: dict[str, int] | None, build: bool
+        self, obj: dict[str, Any], number: int, seen: SeenIds | None, build: bool
     ) -> InputRecord | None:
         if "messages" in obj:
             _fail("ambiguous: the line has 'messages' but a template was given; give one of them")
