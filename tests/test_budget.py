@@ -217,3 +217,99 @@ class TestValidation:
 
     def test_exhausted_error_has_its_category(self) -> None:
         assert BudgetExhaustedError.error_category == "budget_exhausted"
+
+
+class TestReviewFindings:
+    async def test_unpriceable_real_usage_exhausts_a_cost_budget(self) -> None:
+        calls = []
+
+        def cost(usage: Mapping[str, int]) -> Decimal | None:
+            # Estimates price; real usage (5 output tokens) does not.
+            calls.append(dict(usage))
+            return None if usage.get("output_tokens") == 5 else Decimal("0.001")
+
+        strategy = EchoStrategy()
+        budget = Budget(max_total_cost="1", cost=cost)
+        results = await run(items_for(strategy, 10), budget, max_workers=1)
+        assert len(strategy.calls) == 1
+        assert budget.exhausted
+        assert budget.unpriced_calls == 1
+        assert sum(r.error_category == "budget_exhausted" for r in results) == 9
+
+    async def test_a_call_cut_off_by_its_deadline_is_charged_its_estimate(self) -> None:
+        class Hang(ExactStrategy):
+            async def execute(self, prompt: str, attempt: int, timeout: float, state=None):  # type: ignore[no-untyped-def]
+                self.calls += 1
+                await asyncio.sleep(10)
+                raise AssertionError("not reached")
+
+        strategy = Hang(input_tokens=10, output_tokens=0)
+        budget = Budget(max_total_tokens=100, output_tokens_estimate=20)
+        config = {"max_workers": 1, "timeout_per_item": 0.01}
+        results = await run(items_for(strategy, 10), budget, **config)
+        assert budget.spent_tokens <= 100
+        assert budget.spent_tokens == 30 * strategy.calls
+        assert strategy.calls == 3  # 3 x 30 fit in 100; the 4th estimate does not
+        assert all(not r.success for r in results)
+
+    async def test_cancelled_before_process_releases_its_reservation(self) -> None:
+        from async_batch_llm.middleware import BaseMiddleware
+
+        entered = asyncio.Event()
+
+        class Stuck(BaseMiddleware[Any, Any, Any]):
+            async def before_process(self, work_item: Any) -> Any:
+                entered.set()
+                await asyncio.sleep(10)
+                return work_item
+
+        budget = Budget(max_total_tokens=1_000)
+        strategy = EchoStrategy()
+        processor = ParallelBatchProcessor[str, Any, Any](
+            config=fast_config(max_workers=1), budget=budget, middlewares=[Stuck()]
+        )
+
+        async def consume() -> None:
+            async with processor:
+                async for _ in processor.stream(items_for(strategy, 3)):
+                    pass
+
+        task = asyncio.create_task(consume())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert budget._in_flight == 0
+        assert budget.remaining_tokens == 1_000
+
+
+class TestDrain:
+    async def test_drain_finishes_calls_in_flight_and_skips_the_rest(self) -> None:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        class Gate(LLMCallStrategy[str]):
+            calls = 0
+
+            async def execute(self, prompt: str, attempt: int, timeout: float, state=None):  # type: ignore[no-untyped-def]
+                Gate.calls += 1
+                started.set()
+                await release.wait()
+                return prompt, dict(USAGE)
+
+        strategy = Gate()
+        items = items_for(strategy, 10)
+        async with ParallelBatchProcessor[str, Any, Any](
+            config=fast_config(max_workers=2)
+        ) as processor:
+            stream = processor.stream(items)
+            first = asyncio.ensure_future(stream.__anext__())
+            await started.wait()
+            processor.drain()
+            release.set()
+            results = [await first] + [r async for r in stream]
+        assert len(results) == 10
+        ok = [r for r in results if r.success]
+        drained = [r for r in results if not r.success]
+        assert len(ok) == Gate.calls <= 2
+        assert all(r.error_category == "interrupted" and r.attempts == 0 for r in drained)

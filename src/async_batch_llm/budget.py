@@ -216,15 +216,28 @@ class Budget:
                 self._changed = asyncio.Event()
             await self._changed.wait()
 
-    def settle(self, reservation: Reservation, usage: Mapping[str, Any] | None) -> None:
-        """Replace `reservation` with what the call used (``None``: it made no call)."""
+    def settle(
+        self,
+        reservation: Reservation,
+        usage: Mapping[str, Any] | None,
+        *,
+        charge_estimate: bool = False,
+    ) -> None:
+        """Replace `reservation` with what the call used (``None``: it made no call).
+
+        With `charge_estimate` (a call that reached the provider but reported no usage,
+        such as one cut off by its deadline) the reservation itself is spent.
+        """
         if reservation.settled:
             return
         reservation.settled = True
         self._reserved_tokens -= reservation.tokens
         self._reserved_cost -= reservation.cost
         self._in_flight -= 1
-        if usage:
+        if charge_estimate:
+            self.spent_tokens += reservation.tokens
+            self.spent_cost += reservation.cost
+        elif usage:
             used = _count(usage, "total_tokens")
             if not used:
                 used = _count(usage, "input_tokens") + _count(usage, "output_tokens")
@@ -234,7 +247,10 @@ class Budget:
             if self.cost is not None:
                 cost = self._price(usage)
                 if cost is None:
+                    # Fail closed: spending that cannot be priced cannot be kept in bounds.
                     self.unpriced_calls += 1
+                    if self.max_total_cost is not None:
+                        self._exhaust("a call's usage could not be priced")
                 else:
                     self.spent_cost += cost
         changed, self._changed = self._changed, None

@@ -444,6 +444,17 @@ class ParallelBatchProcessor(
         await self.shutdown()
         return False
 
+    def drain(self) -> None:
+        """Let the calls in flight finish and make no other: a graceful stop.
+
+        Every item whose next attempt has not been admitted yet (queued, waiting for a
+        rate-limit slot or the budget, or backing off before a retry) ends at once with a
+        failed result, ``error_category == "interrupted"``, which a checkpoint stores as
+        unfinished (the next run makes those calls). A stream keeps yielding until the
+        items it took have their results; stop feeding it new ones to end it.
+        """
+        self._runner.draining = True
+
     async def shutdown(self) -> None:
         """Clean up every prepared strategy, then stop workers and callback tasks.
 

@@ -532,7 +532,8 @@ def test_budget_stops_with_3_and_a_rerun_finishes(
     scenario = reruns["budget"]
     result = scenario.result
     assert result.returncode == 3, str(result)
-    assert "Resume with: abl run budget.jsonl budget.out.jsonl" in result.stderr, str(result)
+    assert "rerun with the budget you want" in result.stderr, str(result)
+    assert "abl run budget.jsonl budget.out.jsonl" in result.stderr, str(result)
     first = module_cli.read_jsonl(first_run_file(module_cli, "budget.out.jsonl"))
     assert sorted(line["id"] for line in first) == sorted(row["id"] for row in scenario.rows)
     done = {line["id"] for line in first if line["ok"]}

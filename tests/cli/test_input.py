@@ -831,11 +831,16 @@ def test_render_and_parse_request_roundtrip(jsonl: Any) -> None:
     assert parse_request(text) == (record.messages, options)
 
 
-def test_render_request_with_lone_surrogate_is_encodable(jsonl: Any) -> None:
-    record = only_record(jsonl('{"id": 1, "prompt": "half \\ud800 pair"}'))
-    text = render_request(record)
-    text.encode("utf-8")
-    assert parse_request(text)[0] == (user("half \ud800 pair"),)
+def test_a_lone_surrogate_is_refused_but_a_pair_is_one_character(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        '{"id": 1, "prompt": "half \\ud800 pair"}\n{"id": 2, "prompt": "\\ud83d\\ude00"}\n'
+    )
+    report = InputFile(path).validate()
+    assert [str(error) for error in report.errors] == [
+        "line 1: a string holds the lone surrogate \\ud800, which is not valid Unicode"
+    ]
+    assert report.records == 1
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from async_batch_llm._internal.admission import Admission, estimate_tokens
 from async_batch_llm._internal.outcome import Outcome, Permit
+from async_batch_llm.strategies.errors import FrameworkTimeoutError
 from async_batch_llm.token_extractor import TokenExtractor
 
 if TYPE_CHECKING:
@@ -28,12 +29,16 @@ class _BudgetPermit:
     def settle(self, outcome: Outcome, detail: object = None) -> None:
         self.inner.settle(outcome, detail)
         usage: Any = None
+        charge_estimate = False
         if outcome is Outcome.SUCCEEDED:
             usage = detail if isinstance(detail, dict) else None
         elif isinstance(detail, BaseException):
             # A failed call may have been charged (a response that did not validate).
             usage = _extractor.extract_from_exception(detail)
-        self.budget.settle(self.reservation, usage)
+            # A call cut off by its deadline reached the provider, which bills it, but
+            # reports nothing: count what it was expected to use.
+            charge_estimate = isinstance(detail, FrameworkTimeoutError) and not any(usage.values())
+        self.budget.settle(self.reservation, usage, charge_estimate=charge_estimate)
 
     def describe(self) -> dict[str, object] | None:
         return self.inner.describe()

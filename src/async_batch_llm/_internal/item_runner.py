@@ -79,6 +79,9 @@ ERROR_MESSAGE_DETAILED_LENGTH: Final = 500
 SKIPPED_ERROR: Final = "Skipped by middleware"
 #: The ``error_category`` of such an item.
 SKIPPED_CATEGORY: Final = "skipped"
+#: The error text and category of an item not (or no more) attempted after ``drain()``.
+DRAINED_ERROR: Final = "Drained: the batch was stopping, the item was not attempted (again)"
+DRAINED_CATEGORY: Final = "interrupted"
 
 _FALLBACK_CLASSIFIER: Final = DefaultErrorClassifier()
 _BASE_ON_ERROR: Final = LLMCallStrategy.on_error
@@ -189,10 +192,16 @@ class ItemRunner:
         self.admission = admission
         self.lifecycle = lifecycle
         self._prepared_ids = lifecycle.prepared_ids
+        #: Set by `ParallelBatchProcessor.drain`: attempts not admitted yet are not made.
+        self.draining = False
         self.retry_policy = RetryPolicy(config.retry)
         self.token_extractor = TokenExtractor()
         self.usage = UsageNormalizer()
         self._count_rate_limit = count_rate_limit
+
+    def stopping(self) -> bool:
+        """Whether `draining` is set (a call: it may change while an attempt waits)."""
+        return self.draining
 
     def reconfigure(self, config: ProcessorConfig) -> None:
         """Use `config` (validated) from now on, e.g. after the user edited it in place."""
@@ -213,6 +222,8 @@ class ItemRunner:
         ``prepare()`` fails; it then carries the item's summed tokens as
         ``_failed_token_usage``. Permanent errors still give a failed result.
         """
+        if self.draining:
+            return self._skipped(item, 0, DRAINED_ERROR)
         strategy = item.strategy
         if id(strategy) not in self._prepared_ids:
             try:
@@ -241,6 +252,9 @@ class ItemRunner:
             return await self._give_up(
                 item, exc, None, worker, raise_on_failure, 0, _admission_category(exc)
             )
+        if self.stopping():
+            permit.settle(Outcome.RELEASED)
+            return self._skipped(item, 0, DRAINED_ERROR)
         outcome = await self.attempt(item, worker, 1, strategy, state, permit)
         if not isinstance(outcome, Failed):
             return outcome
@@ -288,6 +302,10 @@ class ItemRunner:
                         item, error, spent, worker, raise_on_failure, number, info.error_category
                     )
                 await self._back_off(item, error, info, failures)
+            if self.draining:
+                drained = self._skipped(item, number, DRAINED_ERROR)
+                drained.token_usage = dict(spent)  # type: ignore[assignment]
+                return drained
             number += 1
             try:
                 ready = admission.try_admit(strategy, worker.worker_id, permit, limited)
@@ -307,6 +325,11 @@ class ItemRunner:
                     number - 1,
                     _admission_category(exc),
                 )
+            if self.stopping():
+                ready.settle(Outcome.RELEASED)
+                drained = self._skipped(item, number - 1, DRAINED_ERROR)
+                drained.token_usage = dict(spent)  # type: ignore[assignment]
+                return drained
             outcome = await self.attempt(item, worker, number, strategy, state, ready)
             if not isinstance(outcome, Failed):
                 if outcome.success and any(spent.values()):
@@ -338,7 +361,11 @@ class ItemRunner:
             )
         work_item = item
         if dispatcher.middlewares:
-            prepared = await dispatcher.before_process(item, worker.run_hook)
+            try:
+                prepared = await dispatcher.before_process(item, worker.run_hook)
+            except BaseException:
+                permit.settle(Outcome.RELEASED)
+                raise
             if prepared is None:
                 permit.settle(Outcome.RELEASED)
                 return self._skipped(item, number - 1)
@@ -503,7 +530,9 @@ class ItemRunner:
             raise exc
         return await self.fail(item, exc, spent, worker, attempts=attempts, category=category)
 
-    def _skipped(self, item: LLMWorkItem[Any, Any, Any], attempts: int) -> WorkItemResult[Any, Any]:
+    def _skipped(
+        self, item: LLMWorkItem[Any, Any, Any], attempts: int, error: str = SKIPPED_ERROR
+    ) -> WorkItemResult[Any, Any]:
         if self.dispatcher.observers:
             self.publish_final(
                 ProcessingEvent.ITEM_FAILED, {"item_id": item.item_id, "error_type": "Skipped"}
@@ -512,10 +541,10 @@ class ItemRunner:
             item.item_id,
             False,
             None,
-            SKIPPED_ERROR,
+            error,
             item.context,
             attempts=attempts,
-            error_category=SKIPPED_CATEGORY,
+            error_category=SKIPPED_CATEGORY if error is SKIPPED_ERROR else DRAINED_CATEGORY,
         )
 
     def _publish_outcome(self, result: WorkItemResult[Any, Any], exc: Exception) -> None:

@@ -124,7 +124,13 @@ def run_command(input_path: str, output_path: str | None, **kwargs: Any) -> None
         timeout=kwargs["timeout"],
         argv=sys.argv[1:],
     )
-    sys.exit(run(options))
+    try:
+        code = run(options)
+    except KeyboardInterrupt:
+        # Before the batch started (while the input was being checked): nothing ran.
+        click.echo("abl: interrupted before any call", err=True)
+        code = ExitCode.INTERRUPTED
+    sys.exit(code)
 
 
 def _state_command(function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -390,6 +390,16 @@ def _field_text(name: str, value: object) -> object:
     return value
 
 
+def _check_surrogates(obj: object) -> None:
+    """Refuse a lone surrogate escape (``"\\ud800"``): JSON allows it, UTF-8 cannot hold it,
+    so it would fail the line's request, its checkpoint entry or its output line."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(exc.object[exc.start])
+        _fail(f"a string holds the lone surrogate \\u{code:04x}, which is not valid Unicode")
+
+
 class SeenIds:
     """The ids seen so far with their first line numbers, in bounded memory.
 
@@ -656,6 +666,8 @@ class InputFile:
             _fail(f"invalid JSON: {exc}")
         if type(obj) is not dict:
             _fail(f"expected a JSON object, got {_kind(obj)}")
+        if "\\ud" in text or "\\uD" in text:
+            _check_surrogates(obj)
         if self.template is not None:
             return "template", self._from_template(obj, number, seen, build)
         if "custom_id" in obj or "body" in obj:

@@ -82,10 +82,58 @@ def load_schema(path: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         msg = f"the schema file {path} is not valid JSON: {exc.msg} (line {exc.lineno})"
         raise UsageError(msg) from None
-    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+    if not isinstance(schema, dict) or schema.get("type") != "object":
         msg = f"the schema in {path} must be a JSON Schema of an object"
         raise UsageError(msg)
     return schema
+
+
+#: OpenAI request fields (as an OpenAI Batch API body spells them) and their pydantic-ai
+#: setting; those not listed go to the request body as they are (``extra_body``).
+_OPENAI_SPELLINGS: Final = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences"}
+_SETTINGS: Final = frozenset(
+    {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "stop_sequences",
+        "parallel_tool_calls",
+        "timeout",
+    }
+)
+
+
+def model_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """pydantic-ai model settings for a line's (or ``-o``) generation options.
+
+    Raises:
+        UsageError: An option asks for what a run cannot do (streaming, several answers).
+    """
+    settings: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "stream":
+            if value:
+                raise UsageError("'stream': true is not supported: each line is one answer")
+            continue
+        if key == "n" and value not in (None, 1):
+            raise UsageError(f"'n': {value!r} is not supported: each line gets one answer")
+        if key == "n":
+            continue
+        name = _OPENAI_SPELLINGS.get(key, key)
+        if name == "stop_sequences" and isinstance(value, str):
+            value = [value]
+        if name in _SETTINGS:
+            settings[name] = value
+        else:
+            extra[key] = value
+    if extra:
+        settings["extra_body"] = extra
+    return settings
 
 
 def build_model(spec: ModelSpec, base_url: str | None, settings: Mapping[str, Any]) -> Any:
@@ -169,15 +217,19 @@ class ChatStrategy(PydanticAIStrategy[Any]):
         )
 
         history: list[Any] = []
-        for number, message in enumerate(turns):
+        if system is not None:
+            history.append(ModelRequest(parts=[SystemPromptPart(content=system)]))
+        for message in turns:
             if message.role == "assistant":
                 history.append(ModelResponse(parts=[TextPart(content=message.content)]))
-                continue
-            parts: list[Any] = [UserPromptPart(content=message.content)]
-            if number == 0 and system is not None:
-                parts.insert(0, SystemPromptPart(content=system))
-            history.append(ModelRequest(parts=parts))
-        settings: Any = {**self._settings, **options, "max_retries": 0}
+            elif history and isinstance(history[-1], ModelRequest):
+                # The system prompt and the first user message are one request.
+                history[-1] = ModelRequest(
+                    parts=[*history[-1].parts, UserPromptPart(content=message.content)]
+                )
+            else:
+                history.append(ModelRequest(parts=[UserPromptPart(content=message.content)]))
+        settings: Any = {**self._settings, **model_settings(options), "max_retries": 0}
         response = await model_request(self._model, history, model_settings=settings)
         text = "".join(part.content for part in response.parts if isinstance(part, TextPart))
         return _Reply(text, response.usage)
@@ -194,7 +246,7 @@ class ChatStrategy(PydanticAIStrategy[Any]):
             else ModelResponse(parts=[TextPart(content=m.content)])
             for m in turns[:-1]
         ]
-        settings = {**options, "max_retries": 0}
+        settings = {**model_settings(options), "max_retries": 0}
         with capture_run_messages() as captured:
             try:
                 agent: Any = self.agent
@@ -231,13 +283,20 @@ def build_strategy(
     from pydantic_ai import Agent
     from pydantic_ai.output import StructuredDict
 
-    model = build_model(spec, base_url, options)
-    output_type: Any = str
-    if schema is not None:
-        output_type = StructuredDict(schema, name=str(schema.get("title") or "result"))
-    settings: Any = dict(options) or None
-    agent: Any = Agent(model, output_type=output_type, model_settings=settings)
-    return ChatStrategy(agent, spec, schema)
+    settings: Any = model_settings(options) or None
+    model = build_model(spec, base_url, settings or {})
+    try:
+        output_type: Any = str
+        if schema is not None:
+            output_type = StructuredDict(schema, name=str(schema.get("title") or "result"))
+        agent: Any = Agent(model, output_type=output_type, model_settings=settings)
+        strategy = ChatStrategy(agent, spec, schema)
+    except UsageError:
+        raise
+    except Exception as exc:
+        msg = f"cannot use this model setup: {type(exc).__name__}: {exc}"
+        raise UsageError(msg) from exc
+    return strategy
 
 
 class HTTPStatusClassifier(DefaultErrorClassifier):

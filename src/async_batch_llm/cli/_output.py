@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -72,7 +73,8 @@ def output_line(
 class OutputWriter:
     """Writes output lines to a file that is only ever complete, or to standard output.
 
-    A file is written under a temporary name beside it and moved into place by `finish`
+    A file is written under a temporary name beside it (``.OUTPUT.<random>.partial``) and
+    moved into place by `finish`
     (after an ``fsync``), so OUTPUT never holds a torn or half-written run: a crash leaves
     the previous version, and the rerun, which replays what was committed, writes it whole.
     """
@@ -82,18 +84,20 @@ class OutputWriter:
 
     def __init__(self, path: str | None) -> None:
         self.path = None if path is None or path == "-" else Path(path)
-        self._partial = (
-            None if self.path is None else self.path.with_name(self.path.name + self.PARTIAL_SUFFIX)
-        )
-        # Opened at the first line (or by `finish`): a run that cannot start (its state file
-        # is locked by another run) must not touch the file that other run is writing.
+        self._partial: Path | None = None
+        # Opened at the first line (or by `finish`), under a name of its own: a run that
+        # cannot start, or another run writing the same OUTPUT, leaves this one's alone.
         self._file: IO[str] | None = sys.stdout if self.path is None else None
         self._done = False
         self.lines = 0
 
     def _open(self) -> IO[str]:
-        assert self._partial is not None
-        self._file = open(self._partial, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        assert self.path is not None
+        descriptor, name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=self.PARTIAL_SUFFIX, dir=self.path.parent
+        )
+        self._partial = Path(name)
+        self._file = open(descriptor, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
         return self._file
 
     def write(self, line: str) -> None:
@@ -106,13 +110,18 @@ class OutputWriter:
         if self._done:
             return
         self._done = True
-        if self._partial is None or self.path is None:
+        if self.path is None:
             sys.stdout.flush()
             return
         file = self._file if self._file is not None else self._open()
+        assert self._partial is not None
         file.flush()
         os.fsync(file.fileno())
         file.close()
+        # mkstemp makes the file private; OUTPUT gets the mode a new file normally has.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._partial, 0o666 & ~umask)
         os.replace(self._partial, self.path)
 
     def discard(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from async_batch_llm.budget import Budget
+from async_batch_llm.budget import DEFAULT_OUTPUT_TOKENS_ESTIMATE, Budget
 from async_batch_llm.checkpoint import (
     CheckpointError,
     CheckpointLockedError,
@@ -58,6 +58,7 @@ STATE_SUFFIX: Final = ".abl-state"
 META_MODEL: Final = "abl.model"
 META_INPUT: Final = "abl.input"
 META_OUTPUT: Final = "abl.output"
+META_IDENTITY: Final = "abl.identity"
 #: Categories of results that are not the item's outcome: the run stopped before its call.
 NOT_RUN: Final = frozenset({"budget_exhausted", "interrupted"})
 _ERRORS_SHOWN: Final = 20
@@ -138,18 +139,6 @@ class _Interrupt:
             self.task.cancel()
 
 
-def _stop_gate(interrupt: _Interrupt) -> Any:
-    from async_batch_llm.middleware import BaseMiddleware
-
-    class StopGate(BaseMiddleware[Any, Any, Any]):
-        """Skips the items still queued once Ctrl-C was pressed (they were not called)."""
-
-        async def before_process(self, work_item: Any) -> Any:
-            return None if interrupt.stopping else work_item
-
-    return StopGate()
-
-
 def _print(text: str, *, quiet: bool = False) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
@@ -161,8 +150,76 @@ def _quiet_item_logs() -> None:
     logging.getLogger("async_batch_llm._internal.item_runner").setLevel(logging.CRITICAL)
 
 
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return os.path.realpath(first) == os.path.realpath(second)
+
+
+def _check_paths(options: RunOptions) -> None:
+    """Refuse before any call what would fail after every call, or destroy a file."""
+    state = default_state(options)
+    named = {"INPUT": options.input, "OUTPUT": options.output, "--state": state}
+    files = [(what, path) for what, path in named.items() if path is not None and path != "-"]
+    for index, (what, path) in enumerate(files):
+        for other_what, other in files[index + 1 :]:
+            if _same_file(path, other):
+                msg = f"{what} and {other_what} are the same file ({path}); give another name"
+                raise UsageError(msg)
+    for what, given in [("OUTPUT", options.output), ("--summary-json", options.summary_json)]:
+        if given is None or given == "-":
+            continue
+        path = given
+        if os.path.isdir(path):
+            raise UsageError(f"{what} {path} is a directory")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise UsageError(f"the directory of {what} {path} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"cannot write {what} {path}: its directory is not writable")
+    if state is not None and os.path.isdir(state):
+        raise UsageError(f"the state file {state} is a directory")
+
+
+def _identity(options: RunOptions, schema: Mapping[str, Any] | None) -> str:
+    """What a state file's results were made with: a rerun must match it."""
+    return json.dumps(
+        {"model": options.model, "options": options.options, "schema": schema},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+def _check_state(options: RunOptions, identity: str) -> None:
+    """Refuse, before any call, a state file that is not one or holds another run."""
+    from async_batch_llm.checkpoint import SQLiteCheckpointReader
+
+    state = default_state(options)
+    if state is None or not os.path.exists(state):
+        return
+    try:
+        with SQLiteCheckpointReader(state) as reader:
+            stored = reader.meta().get(META_IDENTITY)
+    except CheckpointError as exc:
+        msg = f"{state} is not an abl state file ({exc}); pass another --state"
+        raise UsageError(msg) from None
+    if stored is not None and stored != identity and not options.fresh:
+        before = json.loads(stored)
+        msg = (
+            f"the state file {state} holds results made with {before['model']} "
+            f"(options {before['options']}, schema {'set' if before['schema'] else 'none'}); "
+            "this run asks for something else. Rerun with --fresh to start over (its "
+            "results are then forgotten), or use another --state."
+        )
+        raise UsageError(msg)
+
+
 def run(options: RunOptions) -> int:
     """Run ``abl run`` and return its exit status."""
+    from async_batch_llm.pricing import Pricer
+
     _quiet_item_logs()
     try:
         spec = parse_model(options.model)
@@ -177,6 +234,16 @@ def run(options: RunOptions) -> int:
     except OSError as exc:
         _print(f"abl: error: cannot read {options.input}: {exc.strerror or exc}")
         return ExitCode.USAGE
+    try:
+        _check_paths(options)
+        _check_state(options, _identity(options, schema))
+        if options.max_cost is not None and not Pricer(str(spec)).known:
+            msg = f"--max-cost needs prices for {spec}, and genai-prices has none"
+            raise UsageError(msg)
+    except UsageError as exc:
+        source.close()
+        _print(f"abl: error: {exc}")
+        return ExitCode.USAGE
     with source:
         report = source.validate(limit=options.limit, max_errors=_ERRORS_SHOWN)
         if not report.ok:
@@ -190,6 +257,8 @@ def run(options: RunOptions) -> int:
             return _dry_run(options, spec, report.records, source)
         if options.input != "-":
             options.input = os.path.abspath(options.input)
+        if options.output not in (None, "-"):
+            options.output = os.path.abspath(options.output)
         try:
             return asyncio.run(_run(options, spec, schema, source, report.records))
         except UsageError as exc:
@@ -238,18 +307,20 @@ async def _run(
     pricer = Pricer(model_name)
     budget = None
     if options.max_cost is not None or options.max_tokens_total is not None:
+        expected_output = options.options.get("max_tokens")
         budget = Budget(
             max_total_cost=options.max_cost,
             max_total_tokens=options.max_tokens_total,
             cost=pricer.price if pricer.known else None,
+            output_tokens_estimate=expected_output
+            if isinstance(expected_output, int) and expected_output >= 0
+            else DEFAULT_OUTPUT_TOKENS_ESTIMATE,
         )
-    if options.max_cost is not None and not pricer.known:
-        msg = f"--max-cost needs prices for {model_name}, and genai-prices has none"
-        raise UsageError(msg)
     interrupt = _Interrupt()
     interrupt.task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt)
     checkpoint = None
     if state is not None:
         checkpoint = StateFile(
@@ -258,6 +329,7 @@ async def _run(
                 META_MODEL: model_name,
                 META_INPUT: input_path,
                 META_OUTPUT: options.output or "-",
+                META_IDENTITY: _identity(options, schema),
             },
         )
     config = ProcessorConfig(
@@ -271,9 +343,6 @@ async def _run(
         counters,
         sys.stderr,
         live=options.progress and not options.quiet and sys.stderr.isatty(),
-    )
-    interrupt.on_first = lambda: progress.print(
-        "Stopping: finishing the calls in flight (Ctrl-C again to cancel them) ..."
     )
     writer = OutputWriter(options.output)
     warned_model: list[bool] = [False]
@@ -299,12 +368,17 @@ async def _run(
         config=config,
         rate_limit_strategy=rate,
         error_classifier=HTTPStatusClassifier(),
-        middlewares=[_stop_gate(interrupt)],
         checkpoint=checkpoint,
         resume=ResumePolicy.NONE if options.fresh else ResumePolicy.REUSE_SUCCESSES,
         budget=budget,
     )
     counters.rate_limits = lambda: processor._stats.rate_limit_count
+
+    def stop_gracefully() -> None:
+        processor.drain()
+        progress.print("Stopping: finishing the calls in flight (Ctrl-C again to cancel them) ...")
+
+    interrupt.on_first = stop_gracefully
     tokens = {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0}
     all_runs_cost = Decimal(0)
     exit_code = ExitCode.OK
@@ -318,11 +392,10 @@ async def _run(
                 record: InputRecord = result.context
                 category = result.error_category
                 error: dict[str, Any] | None
-                if not result.success and category == "skipped" and interrupt.stopping:
-                    category = "interrupted"
+                if not result.success and category == "interrupted" and interrupt.stopping:
                     error = {
                         "type": "Interrupted",
-                        "message": "stopped by Ctrl-C before the call",
+                        "message": "the run was stopping; not called (again)",
                         "category": category,
                     }
                 else:
@@ -377,11 +450,16 @@ async def _run(
         return ExitCode.USAGE
     except CheckpointError as exc:
         await progress.stop()
-        writer.finish()
-        _print(f"abl: error: checkpoint I/O failed: {exc}")
+        if writer.lines:
+            # What was committed before the failure is still worth having.
+            writer.finish()
+        else:
+            writer.discard()
+        _print(f"abl: error: the state file failed: {exc}")
         return ExitCode.CHECKPOINT_IO
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         await progress.stop()
     writer.finish()
     if interrupt.presses:
@@ -433,6 +511,14 @@ def _summarize(summary: dict[str, Any], options: RunOptions, exit_code: int) -> 
     if exit_code in (ExitCode.INTERRUPTED, ExitCode.BUDGET):
         why = "interrupted" if exit_code == ExitCode.INTERRUPTED else "stopped by the budget"
         command = shlex.join(["abl", *options.argv]) if options.argv else "the same command"
-        lines.append(f"{why}; committed results are kept. Resume with: {command}")
+        if summary["state"] is None:
+            lines.append(f"{why}; with no state file (pass --state) nothing can be resumed")
+        elif exit_code == ExitCode.BUDGET:
+            lines.append(
+                f"{why}; committed results are kept. The budget is per run: rerun with the "
+                f"budget you want for the rest (the same command spends it again): {command}"
+            )
+        else:
+            lines.append(f"{why}; committed results are kept. Resume with: {command}")
     for line in lines:
         _print(line)
