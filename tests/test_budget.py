@@ -313,3 +313,18 @@ class TestDrain:
         drained = [r for r in results if not r.success]
         assert len(ok) == Gate.calls <= 2
         assert all(r.error_category == "interrupted" and r.attempts == 0 for r in drained)
+
+
+async def test_the_budget_estimates_input_without_the_output_rate_control_reserves() -> None:
+    class Reserving(ExactStrategy):
+        def estimate_tokens(self, prompt: str) -> int:
+            return self.input_tokens + 1_000  # max_tokens, reserved against a TPM limit
+
+        def estimate_input_tokens(self, prompt: str) -> int:
+            return self.input_tokens
+
+    strategy = Reserving(input_tokens=10, output_tokens=20)
+    budget = Budget(max_total_tokens=100, output_tokens_estimate=20)
+    results = await run(items_for(strategy, 5), budget, max_workers=1)
+    assert strategy.calls == 3
+    assert sum(r.success for r in results) == 3

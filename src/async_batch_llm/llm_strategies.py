@@ -298,6 +298,10 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
             "instructions": fingerprint({"prompts": stable_value(prompts)}),
         }
 
+    def estimate_input_tokens(self, prompt: str) -> int:
+        """The prompt's estimated tokens alone (a `Budget` adds the expected output)."""
+        return super().estimate_tokens(prompt)
+
     def estimate_tokens(self, prompt: str) -> int:
         """The prompt estimate plus the agent's ``max_tokens`` setting, which the provider
         reserves against the tokens-per-minute budget before it answers."""
