@@ -182,3 +182,19 @@ def test_testing_package_imports_without_aiohttp() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "install it with: pip install aiohttp" in done.stdout
+
+
+def test_a_taken_port_is_a_clear_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    from async_batch_llm.testing.simulator._cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port)], prog="abl simulate") == 2
+    err = capsys.readouterr().err
+    assert f"abl simulate: error: cannot listen on 127.0.0.1:{port}" in err

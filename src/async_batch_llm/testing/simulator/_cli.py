@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 from collections.abc import Sequence
 
 from async_batch_llm.testing.simulator._config import Latency, SimulatorConfig
@@ -122,6 +123,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     simulator = ProviderSimulator(config, host=args.host, port=args.port)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(simulator))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(simulator))
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        reason = exc.strerror or exc
+        where = f"{args.host}:{args.port}"
+        print(f"{parser.prog}: error: cannot listen on {where}: {reason}", file=sys.stderr)
+        return 2
     return 0
