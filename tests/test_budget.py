@@ -283,38 +283,6 @@ class TestReviewFindings:
         assert budget.remaining_tokens == 1_000
 
 
-class TestDrain:
-    async def test_drain_finishes_calls_in_flight_and_skips_the_rest(self) -> None:
-        started = asyncio.Event()
-        release = asyncio.Event()
-
-        class Gate(LLMCallStrategy[str]):
-            calls = 0
-
-            async def execute(self, prompt: str, attempt: int, timeout: float, state=None):  # type: ignore[no-untyped-def]
-                Gate.calls += 1
-                started.set()
-                await release.wait()
-                return prompt, dict(USAGE)
-
-        strategy = Gate()
-        items = items_for(strategy, 10)
-        async with ParallelBatchProcessor[str, Any, Any](
-            config=fast_config(max_workers=2)
-        ) as processor:
-            stream = processor.stream(items)
-            first = asyncio.ensure_future(stream.__anext__())
-            await started.wait()
-            processor.drain()
-            release.set()
-            results = [await first] + [r async for r in stream]
-        assert len(results) == 10
-        ok = [r for r in results if r.success]
-        drained = [r for r in results if not r.success]
-        assert len(ok) == Gate.calls <= 2
-        assert all(r.error_category == "interrupted" and r.attempts == 0 for r in drained)
-
-
 async def test_the_budget_estimates_input_without_the_output_rate_control_reserves() -> None:
     class Reserving(ExactStrategy):
         def estimate_tokens(self, prompt: str) -> int:

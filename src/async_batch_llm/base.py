@@ -343,9 +343,13 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
             await self._on_batch_started()
             await self._run_workers()
         finally:
-            self._is_processing = False
+            self._end_batch()
         await self._on_batch_completed()
         return BatchResult(results=list(self._results))
+
+    def _end_batch(self) -> None:
+        """Called when a batch stops running, however it ended."""
+        self._is_processing = False
 
     async def _prepare_batch(self) -> None:
         """Called by `process_all` before anything runs (subclasses re-check settings)."""

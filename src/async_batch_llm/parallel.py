@@ -452,8 +452,15 @@ class ParallelBatchProcessor(
         failed result, ``error_category == "interrupted"``, which a checkpoint stores as
         unfinished (the next run makes those calls). A stream keeps yielding until the
         items it took have their results; stop feeding it new ones to end it.
+
+        It applies to the batch running now (or, called between batches, to the next one)
+        and is cleared when that batch ends.
         """
         self._runner.draining = True
+
+    def _end_batch(self) -> None:
+        super()._end_batch()
+        self._runner.draining = False
 
     async def shutdown(self) -> None:
         """Clean up every prepared strategy, then stop workers and callback tasks.

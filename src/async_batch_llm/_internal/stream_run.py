@@ -375,7 +375,7 @@ class StreamRun:
                 if self._restore_publish is not None:
                     processor._runner.publish_final = self._restore_publish
         finally:
-            processor._is_processing = False
+            processor._end_batch()
             try:
                 quiet = isinstance(exit_error, asyncio.CancelledError | KeyboardInterrupt)
                 if self._batch_started and not quiet:
