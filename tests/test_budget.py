@@ -296,3 +296,13 @@ async def test_the_budget_estimates_input_without_the_output_rate_control_reserv
     results = await run(items_for(strategy, 5), budget, max_workers=1)
     assert strategy.calls == 3
     assert sum(r.success for r in results) == 3
+
+
+async def test_failed_calls_without_usage_do_not_shrink_the_output_estimate() -> None:
+    strategy = ScriptedStrategy(
+        [TransientError("a"), TransientError("b")],
+        usage={"input_tokens": 10, "output_tokens": 500, "total_tokens": 510},
+    )
+    budget = Budget(max_total_tokens=10_000, output_tokens_estimate=100)
+    await run(items_for(strategy, 1), budget, max_workers=1)
+    assert budget.estimate(10) == (510, Decimal(0))

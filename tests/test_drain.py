@@ -50,3 +50,43 @@ async def test_drain_ends_with_its_batch_and_the_next_batch_runs() -> None:
     assert [r.error_category for r in first] == ["interrupted"] * 3
     assert all(r.success for r in second)
     assert len(strategy.calls) == 3
+
+
+async def test_drain_ends_waits_for_admission_and_back_off_at_once() -> None:
+    """Workers waiting for a rate-limit slot (one a minute here) or a long back-off end
+    as soon as drain() is called: without it this test would wait minutes and time out."""
+    from async_batch_llm import ProcessorConfig, RetryConfig
+    from support import BlockingStrategy, ScriptedStrategy, TransientError
+
+    blocking = BlockingStrategy()
+    blocking.expected = 1
+    config = ProcessorConfig(max_workers=4, max_requests_per_minute=1)
+    async with ParallelBatchProcessor[str, Any, Any](config=config) as processor:
+        stream = processor.stream(items_for(blocking, 8))
+        first = asyncio.ensure_future(stream.__anext__())
+        await blocking.all_started.wait()
+        processor.drain()
+        blocking.release.set()
+        results = [await first] + [r async for r in stream]
+    assert len(results) == 8
+    assert sum(r.success for r in results) == 1
+    assert all(r.error_category == "interrupted" for r in results if not r.success)
+
+    failed_once = asyncio.Event()
+
+    class FailsOnce(ScriptedStrategy):
+        async def on_error(self, exception: Exception, attempt: int, state: Any = None) -> None:
+            failed_once.set()
+
+    backing_off = FailsOnce([TransientError("once")])
+    retry = RetryConfig(max_attempts=3, initial_wait=600, max_wait=600, jitter=False)
+    async with ParallelBatchProcessor[str, Any, Any](
+        config=ProcessorConfig(max_workers=1, retry=retry)
+    ) as processor:
+        stream = processor.stream(items_for(backing_off, 1))
+        pending = asyncio.ensure_future(stream.__anext__())
+        await failed_once.wait()  # the 600 s back-off is next (or has begun)
+        processor.drain()
+        result = await pending
+        assert [r async for r in stream] == []
+    assert (result.error_category, result.attempts) == ("interrupted", 1)

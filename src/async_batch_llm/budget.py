@@ -242,8 +242,10 @@ class Budget:
             if not used:
                 used = _count(usage, "input_tokens") + _count(usage, "output_tokens")
             self.spent_tokens += used
-            self._calls += 1
-            self._output_seen += _count(usage, "output_tokens")
+            if used:
+                # Only calls that reported usage shape the estimate: a 429 carries none.
+                self._calls += 1
+                self._output_seen += _count(usage, "output_tokens")
             if self.cost is not None:
                 cost = self._price(usage)
                 if cost is None:

@@ -456,7 +456,7 @@ class ParallelBatchProcessor(
         It applies to the batch running now (or, called between batches, to the next one)
         and is cleared when that batch ends.
         """
-        self._runner.draining = True
+        self._runner.drain()
 
     def _end_batch(self) -> None:
         super()._end_batch()

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from async_batch_llm._internal.admission import (
     Admission,
@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Error text length in results of items that failed after retries (or before any attempt).
 ERROR_MESSAGE_MAX_LENGTH: Final = 200
@@ -116,6 +117,7 @@ class WorkerContext:
     __slots__ = (
         "abandoned",
         "deadline",
+        "drain_cancelled",
         "hook_timeout",
         "item",
         "recorded",
@@ -139,6 +141,8 @@ class WorkerContext:
         )
         #: Set when the worker's owner gave up on it; it must not record anything after.
         self.abandoned = False
+        #: Set while a drain's cancellation of this task is pending.
+        self.drain_cancelled = False
         #: The item the worker is on, and whether its result was recorded already.
         self.item: Any = None
         self.recorded = False
@@ -194,6 +198,8 @@ class ItemRunner:
         self._prepared_ids = lifecycle.prepared_ids
         #: Set by `ParallelBatchProcessor.drain`: attempts not admitted yet are not made.
         self.draining = False
+        # The workers waiting for admission or a back-off, which a drain ends at once.
+        self._waiting: set[WorkerContext] = set()
         self.retry_policy = RetryPolicy(config.retry)
         self.token_extractor = TokenExtractor()
         self.usage = UsageNormalizer()
@@ -202,6 +208,41 @@ class ItemRunner:
     def stopping(self) -> bool:
         """Whether `draining` is set (a call: it may change while an attempt waits)."""
         return self.draining
+
+    def drain(self) -> None:
+        """Make no attempt that is not admitted yet; end the waits for admission now."""
+        self.draining = True
+        for worker in list(self._waiting):
+            worker.drain_cancelled = True
+            worker.deadline.task.cancel()
+
+    async def _drainable(self, worker: WorkerContext, awaitable: Awaitable[_T]) -> _T | None:
+        """Await a wait before an attempt (admission, back-off); ``None`` if drained.
+
+        `drain` cancels the waiting task; that cancellation, and only it, is withdrawn
+        here. Admission is cancel-safe: what it booked for the attempt is released.
+        """
+        if self.draining:
+            if isinstance(awaitable, Coroutine):
+                awaitable.close()
+            return None
+        self._waiting.add(worker)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if not worker.drain_cancelled:
+                raise
+            worker.drain_cancelled = False
+            task = worker.deadline.task
+            if task.uncancel() > 0:
+                raise  # cancelled for another reason too
+            return None
+        finally:
+            self._waiting.discard(worker)
+            if worker.drain_cancelled:
+                # The wait swallowed the drain's cancellation: withdraw it all the same.
+                worker.drain_cancelled = False
+                worker.deadline.task.uncancel()
 
     def reconfigure(self, config: ProcessorConfig) -> None:
         """Use `config` (validated) from now on, e.g. after the user edited it in place."""
@@ -246,7 +287,12 @@ class ItemRunner:
         try:
             permit = admission.try_admit(strategy, worker.worker_id, None, None)
             if permit is None:
-                permit = await admission.admit(strategy, item.prompt, worker.worker_id, None, None)
+                admitted = await self._drainable(
+                    worker, admission.admit(strategy, item.prompt, worker.worker_id, None, None)
+                )
+                if admitted is None:
+                    return self._skipped(item, 0, DRAINED_ERROR)
+                permit = admitted
         except Exception as exc:
             # Quota or budget exhausted.
             return await self._give_up(
@@ -301,8 +347,8 @@ class ItemRunner:
                     return await self._give_up(
                         item, error, spent, worker, raise_on_failure, number, info.error_category
                     )
-                await self._back_off(item, error, info, failures)
-            if self.draining:
+                await self._drainable(worker, self._back_off(item, error, info, failures))
+            if self.stopping():
                 drained = self._skipped(item, number, DRAINED_ERROR)
                 drained.token_usage = dict(spent)  # type: ignore[assignment]
                 return drained
@@ -310,9 +356,14 @@ class ItemRunner:
             try:
                 ready = admission.try_admit(strategy, worker.worker_id, permit, limited)
                 if ready is None:
-                    ready = await admission.admit(
-                        strategy, item.prompt, worker.worker_id, permit, limited
+                    ready = await self._drainable(
+                        worker,
+                        admission.admit(strategy, item.prompt, worker.worker_id, permit, limited),
                     )
+                    if ready is None:
+                        drained = self._skipped(item, number - 1, DRAINED_ERROR)
+                        drained.token_usage = dict(spent)  # type: ignore[assignment]
+                        return drained
             except Exception as exc:
                 # Quota exhausted, or rate limited with no progress for too long.
                 given_up = error if type(exc) is RateLimitRetriesExhausted else exc

@@ -185,7 +185,7 @@ def _check_paths(options: RunOptions) -> None:
 def _identity(options: RunOptions, schema: Mapping[str, Any] | None) -> str:
     """What a state file's results were made with: a rerun must match it."""
     return json.dumps(
-        {"model": options.model, "options": options.options, "schema": schema},
+        {"model": str(parse_model(options.model)), "options": options.options, "schema": schema},
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -197,8 +197,8 @@ def _check_state(options: RunOptions, identity: str) -> None:
     from async_batch_llm.checkpoint import SQLiteCheckpointReader
 
     state = default_state(options)
-    if state is None or not os.path.exists(state):
-        return
+    if state is None or not os.path.exists(state) or os.path.getsize(state) == 0:
+        return  # a new state file (an empty one, e.g. from mktemp, is new too)
     try:
         with SQLiteCheckpointReader(state) as reader:
             stored = reader.meta().get(META_IDENTITY)
