@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
@@ -326,15 +326,24 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
 
     async def _run(self, prompt: str) -> Any:
         agent: Any = self.agent
-        capture_run_messages = loaded("pydantic_ai", "capture_run_messages")
-        if not self._is_pydantic_ai_agent or capture_run_messages is None:
+        if not self._is_pydantic_ai_agent or loaded("pydantic_ai", "capture_run_messages") is None:
             return await agent.run(prompt)
+        if self.sdk_retries:
+            return await self._run_counting_failures(lambda: agent.run(prompt))
+        with _quiet_unsupported_max_retries():
+            return await self._run_counting_failures(
+                lambda: agent.run(prompt, model_settings={"max_retries": 0})
+            )
+
+    @staticmethod
+    async def _run_counting_failures(run: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``run()``, an agent run; if it fails, record the tokens of the model
+        responses it received on the error (as ``_failed_token_usage``)."""
+        from pydantic_ai import capture_run_messages
+
         with capture_run_messages() as messages:
             try:
-                if self.sdk_retries:
-                    return await agent.run(prompt)
-                with _quiet_unsupported_max_retries():
-                    return await agent.run(prompt, model_settings={"max_retries": 0})
+                return await run()
             except Exception as exc:
                 usage = _usage_of_messages(messages)
                 if usage is not None:

@@ -109,14 +109,14 @@ NO_PERMIT: Final = _NoPermit()
 _NEVER: Final = -math.inf
 
 
-def estimate_tokens(strategy: Any, prompt: str) -> int:
-    """Tokens to book for a call before it is made (the strategy's estimate if it has one)."""
-    estimate = getattr(strategy, "estimate_tokens", None)
+def estimate_tokens(strategy: Any, prompt: str, hook: str = "estimate_tokens") -> int:
+    """Tokens to book for a call before it is made (the strategy's `hook` if it has one)."""
+    estimate = getattr(strategy, hook, None)
     if callable(estimate):
         try:
             value = estimate(prompt)
         except Exception:
-            logger.debug("estimate_tokens() of %s raised", type(strategy).__name__, exc_info=True)
+            logger.debug("%s() of %s raised", hook, type(strategy).__name__, exc_info=True)
         else:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 return value

@@ -69,7 +69,14 @@ class BudgetAdmission:
         limited: BaseException | None,
     ) -> Permit:
         inner_after = after.inner if type(after) is _BudgetPermit else after
-        reservation = await self.budget.reserve(_input_estimate(strategy, prompt))
+        # The prompt alone: a strategy's estimate_tokens() may add the output it reserves
+        # against a tokens-per-minute limit, and the budget adds its own output estimate.
+        hook = (
+            "estimate_input_tokens"
+            if hasattr(strategy, "estimate_input_tokens")
+            else "estimate_tokens"
+        )
+        reservation = await self.budget.reserve(estimate_tokens(strategy, prompt, hook))
         try:
             inner = self.inner
             permit = inner.try_admit(strategy, worker_id, inner_after, limited)
@@ -79,17 +86,3 @@ class BudgetAdmission:
             self.budget.settle(reservation, None)
             raise
         return _BudgetPermit(permit, self.budget, reservation)
-
-
-def _input_estimate(strategy: Any, prompt: str) -> int:
-    """The prompt's tokens: ``estimate_input_tokens()`` when the strategy has it, since its
-    ``estimate_tokens()`` may include the output it reserves for rate limits."""
-    estimate = getattr(strategy, "estimate_input_tokens", None)
-    if callable(estimate):
-        try:
-            value = estimate(prompt)
-        except Exception:
-            value = None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return estimate_tokens(strategy, prompt)

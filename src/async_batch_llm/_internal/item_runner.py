@@ -263,8 +263,6 @@ class ItemRunner:
         ``prepare()`` fails; it then carries the item's summed tokens as
         ``_failed_token_usage``. Permanent errors still give a failed result.
         """
-        if self.draining:
-            return self._skipped(item, 0, DRAINED_ERROR)
         strategy = item.strategy
         if id(strategy) not in self._prepared_ids:
             try:
@@ -298,7 +296,7 @@ class ItemRunner:
             return await self._give_up(
                 item, exc, None, worker, raise_on_failure, 0, _admission_category(exc)
             )
-        if self.stopping():
+        if self.draining:
             permit.settle(Outcome.RELEASED)
             return self._skipped(item, 0, DRAINED_ERROR)
         outcome = await self.attempt(item, worker, 1, strategy, state, permit)

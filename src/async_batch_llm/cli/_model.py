@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from async_batch_llm.classifiers.gemini import _http_status as http_status
 from async_batch_llm.cli._input import ChatMessage, parse_request
 from async_batch_llm.llm_strategies import PydanticAIStrategy
 from async_batch_llm.strategies.errors import (
@@ -237,7 +238,6 @@ class ChatStrategy(PydanticAIStrategy[Any]):
     async def _run_agent(
         self, system: str | None, turns: list[ChatMessage], options: Mapping[str, Any]
     ) -> Any:
-        from pydantic_ai import capture_run_messages
         from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
 
         history: list[Any] = [
@@ -247,25 +247,15 @@ class ChatStrategy(PydanticAIStrategy[Any]):
             for m in turns[:-1]
         ]
         settings = {**model_settings(options), "max_retries": 0}
-        with capture_run_messages() as captured:
-            try:
-                agent: Any = self.agent
-                return await agent.run(
-                    turns[-1].content,
-                    message_history=history or None,
-                    instructions=system,
-                    model_settings=settings,
-                )
-            except Exception as exc:
-                from async_batch_llm.llm_strategies import (
-                    _record_failed_usage,
-                    _usage_of_messages,
-                )
-
-                usage = _usage_of_messages(captured)
-                if usage is not None:
-                    _record_failed_usage(exc, usage)
-                raise
+        agent: Any = self.agent
+        return await self._run_counting_failures(
+            lambda: agent.run(
+                turns[-1].content,
+                message_history=history or None,
+                instructions=system,
+                model_settings=settings,
+            )
+        )
 
     def checkpoint_identity(self) -> object:
         identity = super().checkpoint_identity()
@@ -312,8 +302,8 @@ class HTTPStatusClassifier(DefaultErrorClassifier):
         info = super().classify(exception)
         if info.error_category != "unknown":
             return info
-        status = getattr(unwrap_token_tracking(exception), "status_code", None)
-        if isinstance(status, bool) or not isinstance(status, int):
+        status = http_status(unwrap_token_tracking(exception))
+        if status is None:
             return info
         if status >= 500 or status in (408, 409):
             return error_info("server_error", retryable=True)

@@ -345,14 +345,13 @@ async def _run(
         live=options.progress and not options.quiet and sys.stderr.isatty(),
     )
     writer = OutputWriter(options.output)
-    warned_model: list[bool] = [False]
-
     def items() -> Iterator[LLMWorkItem[str, Any, Any]]:
+        warned_model = False
         for record in source.records(limit=options.limit, check_duplicates=False):
             if interrupt.stopping:
                 return
-            if record.model and record.model != spec.name and not warned_model[0]:
-                warned_model[0] = True
+            if record.model and record.model != spec.name and not warned_model:
+                warned_model = True
                 progress.print(
                     f"abl: note: line {record.line} names model {record.model!r}; every "
                     f"line runs on {model_name} (-m)"

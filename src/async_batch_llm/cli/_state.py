@@ -13,14 +13,13 @@ from typing import Any
 from async_batch_llm.checkpoint import CheckpointEntry, EntryState, SQLiteCheckpointReader
 from async_batch_llm.checkpoint._codec import UNSTORABLE, decode_output
 from async_batch_llm.cli._output import OutputWriter, error_parts, output_line
+from async_batch_llm.cli._run import META_INPUT, META_MODEL, META_OUTPUT
 
 __all__ = ["cost", "export", "status"]
 
-_META_MODEL = "abl.model"
-
 
 def _model(reader: SQLiteCheckpointReader) -> str:
-    return reader.meta().get(_META_MODEL, "unknown")
+    return reader.meta().get(META_MODEL, "unknown")
 
 
 def status(path: str) -> dict[str, Any]:
@@ -30,9 +29,9 @@ def status(path: str) -> dict[str, Any]:
         meta = reader.meta()
         return {
             "state": path,
-            "model": meta.get(_META_MODEL),
-            "input": meta.get("abl.input"),
-            "output": meta.get("abl.output"),
+            "model": meta.get(META_MODEL),
+            "input": meta.get(META_INPUT),
+            "output": meta.get(META_OUTPUT),
             "runs": int(meta.get("session", "0") or 0),
             "writer": reader.writer,
             "succeeded": counts[EntryState.SUCCEEDED],
