@@ -345,6 +345,7 @@ async def _run(
         live=options.progress and not options.quiet and sys.stderr.isatty(),
     )
     writer = OutputWriter(options.output)
+
     def items() -> Iterator[LLMWorkItem[str, Any, Any]]:
         warned_model = False
         for record in source.records(limit=options.limit, check_duplicates=False):
