@@ -471,6 +471,10 @@ class ParallelBatchProcessor(
             if self._active_run is not None:
                 await self._active_run.close()
             await self._lifecycle.cleanup_all()
+            strategy = self._coordinator.strategy
+            if isinstance(strategy, AdaptiveRateLimitStrategy):
+                # Outcomes still on their way to a shared budget (bounded by its timeout).
+                await strategy.aclose()
         finally:
             try:
                 await self._dispatcher.close()
@@ -659,6 +663,15 @@ class ParallelBatchProcessor(
             return current
         return AdaptiveRateLimitStrategy()
 
+    def _on_shared_budget(self, event: str, payload: dict[str, Any]) -> None:
+        kind = (
+            ProcessingEvent.SHARED_BUDGET_DEGRADED
+            if event == "degraded"
+            else ProcessingEvent.SHARED_BUDGET_RESTORED
+        )
+        if self._dispatcher.observers:
+            self._dispatcher.publish(kind, dict(payload))
+
     def _count_rate_limit(self) -> None:
         self._stats.rate_limit_count += 1
 
@@ -667,6 +680,8 @@ class ParallelBatchProcessor(
         admission: Admission
         if isinstance(strategy, AdaptiveRateLimitStrategy):
             admission = ControllerAdmission(strategy.controller, limit)
+            if strategy.budget is not None:
+                strategy.budget.add_listener(self._on_shared_budget)
         else:
             admission = CooldownAdmission(self._coordinator, limit)
         if self._limiter is not None:

@@ -28,6 +28,11 @@ client = openai.AsyncOpenAI(http_client=http_client)
 ```
 
 or add it to a client you already have with `instrument`.
+
+Processes that share an API key share its limit too: give each the same `RedisBudget`
+(``AdaptiveRateLimitStrategy(budget=RedisBudget("redis://host:6379/0", namespace="prod"))``)
+and the pacing, pauses, learned limits and an exhausted quota are kept in Redis for all of
+them.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ from async_batch_llm._internal.rate_control.headers import (
     LimitObservation,
     parse_rate_limit_headers,
 )
+from async_batch_llm._internal.rate_control.redis_store import (
+    RedisBudget,
+    SharedBudgetUnavailableError,
+)
 from async_batch_llm._internal.rate_control.scope import (
     QuotaExhaustedError,
     RateScope,
@@ -54,6 +63,8 @@ from async_batch_llm.strategies.rate_limit import RateLimitStrategy
 
 __all__ = [
     "AdaptiveRateLimitStrategy",
+    "RedisBudget",
+    "SharedBudgetUnavailableError",
     "RateScope",
     "ScopeSnapshot",
     "QuotaExhaustedError",
@@ -90,6 +101,9 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
             unused, for requests counted elsewhere (``>= 0`` and ``< 1``).
         burst_seconds: How many seconds of the pace may go at once (at least one call), so
             that providers enforcing their limit per second are not overrun.
+        budget: A `RedisBudget` shared with other processes (and hosts) using the same
+            key: every scope is then paced, paused and learned together with them.
+            ``None`` (the default) paces this process alone.
         clock: Monotonic seconds (default: the running event loop's clock); for tests.
         sleep: Async sleep (default `asyncio.sleep`); injectable for tests.
 
@@ -108,6 +122,7 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
         increase_fraction: float = 0.05,
         safety_margin: float = 0.03,
         burst_seconds: float = 1.0,
+        budget: RedisBudget | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
@@ -122,11 +137,18 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
             safety_margin=safety_margin,
             burst_seconds=burst_seconds,
         )
+        given: object = budget
+        if given is not None and not isinstance(given, RedisBudget):
+            msg = f"budget must be a RedisBudget or None, got {type(given).__name__}"
+            raise TypeError(msg)
+        #: The shared budget, if any.
+        self.budget = budget
         #: Admits every attempt and tracks every scope.
         self.controller = RateController(
             self.settings,
             clock=clock,
             sleep=asyncio.sleep if sleep is None else sleep,
+            budget=budget,
         )
 
     async def on_rate_limit(self, worker_id: int, consecutive_limit_count: int) -> float:
@@ -141,6 +163,15 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
         """Return ``(False, 0.0)``: pacing replaces the slow-start ramp."""
         return (False, 0.0)
 
+    async def aclose(self) -> None:
+        """Send the outcomes still on their way to the shared budget (bounded by its timeout)
+        and close its connection on this loop; it connects again when used. Nothing to do
+        without a budget. The processor calls it on shutdown."""
+        shared = self.controller.shared
+        if shared is not None:
+            await shared.flush()
+            await shared.budget.aclose()
+
     def snapshot(self) -> list[ScopeSnapshot]:
         """The current state of every scope, in order of first use."""
         return self.controller.snapshot()
@@ -151,7 +182,9 @@ class AdaptiveRateLimitStrategy(RateLimitStrategy):
             f"AdaptiveRateLimitStrategy(rpm={s.rpm!r}, tpm={s.tpm!r}, "
             f"window_seconds={s.window_seconds!r}, initial_rpm={s.initial_rpm!r}, "
             f"decrease_factor={s.decrease_factor!r}, increase_fraction={s.increase_fraction!r}, "
-            f"safety_margin={s.safety_margin!r}, burst_seconds={s.burst_seconds!r})"
+            f"safety_margin={s.safety_margin!r}, burst_seconds={s.burst_seconds!r}"
+            + ("" if self.budget is None else f", budget={self.budget!r}")
+            + ")"
         )
 
 
@@ -161,6 +194,8 @@ for _name in (
     "ScopeSnapshot",
     "QuotaExhaustedError",
     "LimitObservation",
+    "RedisBudget",
+    "SharedBudgetUnavailableError",
     "httpx_event_hooks",
     "instrument",
     "parse_rate_limit_headers",

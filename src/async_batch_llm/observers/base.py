@@ -25,6 +25,11 @@ class ProcessingEvent(Enum):
     WORKER_STOPPED = "worker_stopped"
     BATCH_STARTED = "batch_started"
     BATCH_COMPLETED = "batch_completed"
+    SHARED_BUDGET_DEGRADED = "shared_budget_degraded"
+    """The shared budget's Redis became unreachable (payload: ``store``, ``namespace``,
+    ``error``, ``policy``); once per outage and process."""
+    SHARED_BUDGET_RESTORED = "shared_budget_restored"
+    """The shared budget's Redis answers again (payload: ``store``, ``namespace``)."""
 
 
 class ProcessorObserver(ABC):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar, Token
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from async_batch_llm._internal.outcome import Outcome
 from async_batch_llm._internal.rate_control.headers import (
@@ -35,8 +35,12 @@ from async_batch_llm._internal.rate_control.scope import (
     ScopeSnapshot,
     scope_payload,
 )
+from async_batch_llm._internal.rate_control.shared import SharedRates
 from async_batch_llm._internal.retry_hints import response_headers, retry_after_seconds
 from async_batch_llm._internal.usage import failed_usage_of, total_tokens_of
+
+if TYPE_CHECKING:
+    from async_batch_llm._internal.rate_control.redis_store import RedisBudget
 
 __all__ = [
     "EventHook",
@@ -66,7 +70,7 @@ class Ticket(Admission):
     one object per call, which matters on a path that runs for every attempt.
     """
 
-    __slots__ = ("context", "controller", "settled", "state")
+    __slots__ = ("context", "controller", "settled", "shared_at", "shared_episode", "state")
 
     def __init__(
         self,
@@ -86,6 +90,10 @@ class Ticket(Admission):
         self.settled = False
         #: The token to reset ``current_ticket`` with, when it was set for this call.
         self.context: Token[Ticket | None] | None = None
+        #: When a shared budget admitted the call (its server's clock), else ``None``.
+        self.shared_at: float | None = None
+        #: The shared scope's learning episode at admission.
+        self.shared_episode = 0
 
     @classmethod
     def from_admission(
@@ -128,6 +136,8 @@ class Ticket(Admission):
             if type(used) is not int or used <= 0:
                 used = total_tokens_of(detail)
             self.state.succeeded_with(self, used, controller._clock())
+            if self.shared_at is not None:
+                controller.shared.succeeded(self, used)  # type: ignore[union-attr]
             return
         if isinstance(detail, BaseException):
             # The error response's headers say what the limits are, even without a hook on
@@ -227,6 +237,8 @@ class RateController:
         clock: Monotonic seconds; default `loop_time`.
         sleep: Async sleep used while a call waits for its turn; injectable for tests.
         wall_clock: Unix seconds, for timestamps in headers.
+        budget: A shared budget (`RedisBudget`) that paces every scope together with the
+            other processes using it; ``None`` paces in this process only.
     """
 
     def __init__(
@@ -236,6 +248,7 @@ class RateController:
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
         wall_clock: Clock = time.time,
+        budget: RedisBudget | None = None,
     ) -> None:
         self.settings = settings if settings is not None else RateSettings()
         if clock is None:
@@ -248,12 +261,18 @@ class RateController:
         self._scopes: dict[RateScope, ScopeController] = {}
         # One event per scope with waiters; set (and dropped) when their bookings go stale.
         self._wakers: dict[RateScope, asyncio.Event] = {}
+        #: Admission through the shared budget, when there is one.
+        self.shared: SharedRates | None = (
+            None if budget is None else SharedRates(budget, self.settings, clock, sleep)
+        )
 
     def scope_state(self, scope: RateScope) -> ScopeController:
         """The state of ``scope``, created on first use."""
         state = self._scopes.get(scope)
         if state is None:
             state = ScopeController(scope, self.settings, self._clock())
+            if self.shared is not None:
+                state.share()
             self._scopes[scope] = state
         return state
 
@@ -276,6 +295,14 @@ class RateController:
             # Nothing to pace and no pause: no booking, no wait.
             state.note_admitted(tokens, now)
             return Ticket(self, state, tokens, now)
+        if self.shared is not None:
+            ticket: Ticket = await self.shared.admit(self, state, tokens)
+            return ticket
+        return await self.admit_locally(state, tokens)
+
+    async def admit_locally(self, state: ScopeController, tokens: int) -> Ticket:
+        """`admit` paced by this process alone (also while a shared budget is unavailable)."""
+        scope = state.scope
         while True:
             generation = state.generation
             booking = state.book(tokens, self._clock())
@@ -292,10 +319,21 @@ class RateController:
                 break
             # A pause or an exhausted quota voided the booking while it waited.
             state.cancel(booking)
+            shared = self.shared
+            if shared is not None and not shared.is_local(scope):
+                # The shared budget is back: wait there instead.
+                ticket: Ticket = await shared.admit(self, state, tokens)
+                return ticket
         state.cancel_waiting(booking)
         now = self._clock()
         state.note_admitted(booking.tokens, now)
         return Ticket(self, state, booking.tokens, now)
+
+    def void_local_bookings(self, state: ScopeController) -> None:
+        """Send the calls waiting for a local slot of `state` back to book again."""
+        generation = state.generation
+        state.void_bookings()
+        self._wake_if_changed(state, generation)
 
     def admit_if_open(self, state: ScopeController) -> Ticket | None:
         """A ticket at once if the scope of `state` has nothing to pace and no pause.
@@ -319,6 +357,8 @@ class RateController:
             generation = state.generation
             state.observe(observation, ticket.admission, self._clock())
             self._wake_if_changed(state, generation)
+            if ticket.shared_at is not None and self.shared is not None:
+                self.shared.limits_observed(state)
         return observation
 
     def complete(self, ticket: Ticket, usage: Mapping[str, Any] | int | None = None) -> None:
@@ -328,11 +368,16 @@ class RateController:
             if type(used) is not int or used <= 0:
                 used = total_tokens_of(usage)
             ticket.state.succeeded_with(ticket, used, self._clock())
+            if ticket.shared_at is not None and self.shared is not None:
+                self.shared.succeeded(ticket, used)
 
     def failed(self, ticket: Ticket, usage: Mapping[str, Any] | int | None = None) -> None:
         """The call failed without a rate limit (e.g. a 5xx): release it, learn nothing."""
         if self._settle(ticket):
-            ticket.state.failed_with(ticket.admission, total_tokens_of(usage))
+            used = total_tokens_of(usage)
+            ticket.state.failed_with(ticket.admission, used)
+            if ticket.shared_at is not None and self.shared is not None:
+                self.shared.failed(ticket, used)
 
     def rate_limited(self, ticket: Ticket, retry_after: float | None = None) -> float:
         """The call got a 429: pause its scope (``retry_after`` seconds if the server said).
@@ -346,6 +391,8 @@ class RateController:
             return state.pause_remaining(now)
         generation, pace = state.generation, state.requests.pacer.rate
         state.rate_limited(ticket.admission, retry_after, now)
+        if ticket.shared_at is not None and self.shared is not None:
+            self.shared.rate_limited(ticket, retry_after)
         if state.requests.pacer.rate != pace and state.requests.source == "learned":
             logger.info(
                 "Rate limit in %s: pacing lowered to %.1f requests/min",
@@ -360,6 +407,8 @@ class RateController:
         state = self.scope_state(ticket.scope)
         if self._settle(ticket):
             state.release()
+            if ticket.shared_at is not None and self.shared is not None:
+                self.shared.quota_exhausted(ticket, reason)
         if not state.exhausted:
             logger.warning("Quota exhausted in %s: %s", ticket.scope, reason or "no detail")
         generation = state.generation

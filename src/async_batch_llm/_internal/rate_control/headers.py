@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
@@ -70,6 +70,22 @@ class LimitObservation:
     def is_empty(self) -> bool:
         """Whether the response carried no rate-limit information at all."""
         return self == _EMPTY
+
+    def share(self, processes: int) -> LimitObservation:
+        """What one of `processes` sharing the key may take from it: an equal share of the
+        limits, and nothing about what remains (the others' calls, which this process does
+        not count, used part of it)."""
+
+        def part(value: float | None) -> float | None:
+            return None if value is None else value / processes
+
+        return replace(
+            self,
+            limit_requests=part(self.limit_requests),
+            remaining_requests=None,
+            limit_tokens=part(self.limit_tokens),
+            remaining_tokens=None,
+        )
 
 
 _EMPTY: Final = LimitObservation()

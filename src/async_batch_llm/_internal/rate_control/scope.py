@@ -312,6 +312,19 @@ class _Budget:
         self.source = source
         return changed
 
+    def mirror(
+        self, pace: float | None, source: LimitSource | None, now: float, settings: RateSettings
+    ) -> None:
+        """Pace at `pace` (margin already applied), reported as a limit from `source`."""
+        if pace is None:
+            self.pacer.set_rate(None, now)
+            self.limit = None
+            self.source = None
+            return
+        self.pacer.set_rate(pace, now, burst=default_burst(pace, settings.burst_seconds))
+        self.limit = pace if source == "learned" else pace / (1.0 - settings.safety_margin)
+        self.source = source
+
     def observe(
         self,
         limit: float | None,
@@ -413,6 +426,8 @@ class ScopeController:
         "requests",
         "scope",
         "settings",
+        "share_of",
+        "shared",
         "succeeded",
         "tokens",
         "tokens_used",
@@ -472,6 +487,11 @@ class ScopeController:
         self.open = True
         #: The permit shared by the calls admitted while open (set by the admission).
         self.open_permit: object = None
+        #: Paced through a shared budget: never open (every call asks the budget).
+        self.shared = False
+        #: Processes sharing the limits while this one paces alone (a lost shared budget):
+        #: the provider's headers describe the whole key, this process gets its share.
+        self.share_of = 1
         self._refresh_open()
 
     # -- admission -------------------------------------------------------------------------
@@ -500,7 +520,39 @@ class ScopeController:
             and self.tokens.pacer.rate is None
             and not self.exhausted
             and self.rejecting_since is None
+            and not self.shared
         )
+
+    def share(self) -> None:
+        """Admit through a shared budget from now on (see `SharedRates`)."""
+        self.shared = True
+        self._refresh_open()
+
+    def mirror_requests(self, pace: float | None, source: LimitSource | None, now: float) -> None:
+        """Show the shared request pace (margin applied) as this scope's own."""
+        self.requests.mirror(pace, source, now, self.settings)
+
+    def mirror_tokens(self, pace: float | None, source: LimitSource | None, now: float) -> None:
+        """Show the shared token pace (margin applied) as this scope's own."""
+        self.tokens.mirror(pace, source, now, self.settings)
+
+    def go_local(
+        self, request_pace: float | None, token_pace: float | None, share_of: int, now: float
+    ) -> None:
+        """Pace locally (the shared budget is unavailable) at these paces, never faster, as
+        one of `share_of` processes."""
+        self.share_of = share_of
+        self.requests.mirror(
+            request_pace, None if request_pace is None else "learned", now, self.settings
+        )
+        self.tokens.mirror(
+            token_pace, None if token_pace is None else "learned", now, self.settings
+        )
+        self.ceiling = request_pace
+        self._void_bookings()
+        # Calls admitted through the shared budget may still be on their way: start gently.
+        self.requests.pacer.restart(now)
+        self.tokens.pacer.restart(now)
 
     def check_open(self) -> None:
         """Raise `QuotaExhaustedError` if the scope's quota has run out."""
@@ -594,6 +646,8 @@ class ScopeController:
     def observe(self, observation: LimitObservation, admission: Admission, now: float) -> None:
         """Apply what the response to `admission`'s call said about the limits."""
         settings = self.settings
+        if self.share_of > 1:
+            observation = observation.share(self.share_of)
         requests_changed = self.requests.observe(
             observation.limit_requests,
             observation.remaining_requests,
@@ -817,6 +871,10 @@ class ScopeController:
     def _repace(self) -> None:
         # Calls waiting for their turn were scheduled at the old pace: too fast after a
         # decrease, and after an increase they would overlap the calls booked at the new one.
+        self._void_bookings()
+
+    def void_bookings(self) -> None:
+        """Make every waiting call book again (see `_void_bookings`)."""
         self._void_bookings()
 
     def _void_bookings(self) -> None:
