@@ -67,7 +67,8 @@ class TestPublicNames:
         assert pkg.MetricsObserver is observers_metrics.MetricsObserver
 
     def test_processing_event_members(self) -> None:
-        """ProcessingEvent has 0.7.2's ten members plus ITEM_REPLAYED (checkpoint replays)."""
+        """ProcessingEvent has 0.7.2's ten members plus ITEM_REPLAYED (checkpoint replays) and
+        the shared budget's two."""
         assert {member.name: member.value for member in ProcessingEvent} == {
             "ITEM_STARTED": "item_started",
             "ITEM_COMPLETED": "item_completed",
@@ -80,6 +81,8 @@ class TestPublicNames:
             "WORKER_STOPPED": "worker_stopped",
             "BATCH_STARTED": "batch_started",
             "BATCH_COMPLETED": "batch_completed",
+            "SHARED_BUDGET_DEGRADED": "shared_budget_degraded",
+            "SHARED_BUDGET_RESTORED": "shared_budget_restored",
         }
 
     def test_processor_observer_is_abstract(self) -> None:

@@ -73,6 +73,7 @@ class OpenAIChat(LLMCallStrategy[str]):
 class Events(BaseObserver):
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.times: list[float] = []
 
     async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
         if event in (
@@ -80,6 +81,7 @@ class Events(BaseObserver):
             ProcessingEvent.SHARED_BUDGET_RESTORED,
         ):
             self.seen.append(event.value)
+            self.times.append(time.monotonic())
 
 
 async def run(spec: dict[str, Any]) -> None:
@@ -138,6 +140,8 @@ async def run(spec: dict[str, Any]) -> None:
             "started": started,
             "finished": finished,
             "events": events.seen,
+            "event_times": events.times,
+            "still_degraded": None if budget is None else budget.degraded,
             "cpu": time.process_time() - cpu_before,
             "max_lag": max(lags, default=0.0),
             "lags_over_100ms": sum(1 for lag in lags if lag > 0.1),

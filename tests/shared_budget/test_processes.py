@@ -161,9 +161,18 @@ def test_redis_lost_and_back_loses_nothing_and_never_overruns(
     rate = {"rpm": RATE * 60.0}
     outcomes, _ = run_fleet(tmp_path, specs(simulator, redis_server.url, rate=rate), lose_redis)
     assert_exactly_once(outcomes, ITEMS)
+    seen = []
     for outcome in outcomes:
         assert outcome.summary is not None
-        assert outcome.summary["events"] == ["shared_budget_degraded", "shared_budget_restored"]
+        events = outcome.summary["events"]
+        seen.append(events)
+        # One event each way per outage, alternating (a process that finishes its items
+        # before it next reaches Redis has no reason to: it reports only the loss).
+        assert events[:1] == ["shared_budget_degraded"], events
+        assert events[::2] == ["shared_budget_degraded"] * len(events[::2]), events
+        assert events[1::2] == ["shared_budget_restored"] * len(events[1::2]), events
+    details = [(o.summary or {}).get("event_times") for o in outcomes], outage
+    assert sum("shared_budget_restored" in e for e in seen) >= PROCESSES - 1, (seen, details)
     records = simulator.records()
     sent = [sent_at(r) for r in records]
     # Sent requests (rejected ones included), over two-second windows every half second.

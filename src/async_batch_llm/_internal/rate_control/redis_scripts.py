@@ -26,7 +26,8 @@ pri      the rate a full budget that ran out implied at the first 429
 is ip il interval start; whether calls waited in it; whether a 429 came in it
 pr st    probing (doubling) or steady increases; steady steps in a row
 lat      mean call duration (seconds)
-b<i>     successes in bucket i of a ring of ``RING`` buckets over one window; n<i> its index
+b<i>     successes admitted in bucket i of a ring of ``RING`` buckets over one window (n<i>
+         is the bucket's index); only those admitted once the provider was rejecting
 ver      bumped whenever a limit or pace changes
 =======  ===============================================================================
 """
@@ -106,7 +107,7 @@ local function charge(prefix, cost)
 end
 local RING = __RING__
 local function ring_width(window) return window / RING end
--- Successes counted (by completion time) in [start, finish].
+-- Successes counted (by admission time) in [start, finish].
 local function successes_between(window, start, finish)
   local width = ring_width(window)
   local newest = math.floor(now / width)
@@ -123,8 +124,10 @@ local function successes_between(window, start, finish)
   end
   return count
 end
-local function record_success(window, count)
-  local index = math.floor(now / ring_width(window))
+-- Successes are counted by when they were admitted (`at`): those admitted before the
+-- provider started rejecting came out of a full budget and say nothing about its refill.
+local function record_success(window, count, at)
+  local index = math.floor(at / ring_width(window))
   local slot = index % RING
   if tonumber(redis.call('HGET', key, 'n' .. slot) or -1) ~= index then
     redis.call('HSET', key, 'n' .. slot, index, 'b' .. slot, 0)
@@ -225,9 +228,9 @@ if rate and redis.call('HGET', key, 'rs') == 'learned' then
       if probing then
         raised = rate * 2
       else
+        -- Steady increases only: a probe that doubles the pace of several processes at once
+        -- overshoots by a whole window's worth of calls before the 429s come back.
         raised = rate + math.max(rate * increase, 1 / 60)
-        local steps = redis.call('HINCRBY', key, 'st', 1)
-        if steps >= 5 then put('pr', 1) end
       end
       local ceiling = num('cl')
       if ceiling and raised > ceiling then raised = ceiling end
@@ -278,8 +281,11 @@ local successes, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
 if successes > 0 then
   redis.call('HINCRBY', key, 'sc', successes)
   redis.call('HSET', key, 'ps', '0')
-  if redis.call('HGET', key, 'rj') then record_success(tonumber(ARGV[4]), successes) end
   local duration = tonumber(ARGV[3])
+  local since = num('rj')
+  if since and now - duration >= since then
+    record_success(tonumber(ARGV[4]), successes, now - duration)
+  end
   local latency = num('lat')
   if latency == nil then latency = duration else latency = latency + 0.2 * (duration - latency) end
   put('lat', latency)
@@ -343,7 +349,20 @@ if source ~= 'header' and admission_episode == episode then
     local prior = num('pri')
     if demonstrated and prior then target = math.max(demonstrated, prior)
     else target = demonstrated or prior end
-    if target then put('pr', 1) end
+    if target == nil then
+      -- Rejected before anything was learned (with many processes the first 429s come
+      -- back before the first success does): restart slowly, one request per retry hint
+      -- (or per fallback pause), and probe upwards, as TCP's slow start does. Sending
+      -- unpaced instead makes every process retry into the empty bucket after each pause.
+      local start = 0.25
+      if hint >= 0 then start = math.max(hint, 0.001) end
+      target = 1 / start
+    end
+    put('pr', 1)
+  elseif redis.call('HGET', key, 'pr') == '1' then
+    -- A probe overshot: back to the pace before the last doubling, which went through.
+    target = rate / 2
+    put('pr', 0)
   else
     target = rate * decrease
     if demonstrated then target = math.min(rate, math.max(target, demonstrated)) end

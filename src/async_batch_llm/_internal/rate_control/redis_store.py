@@ -79,8 +79,7 @@ class RedisBudget:
     ``AdaptiveRateLimitStrategy(budget=RedisBudget("redis://host:6379/0", namespace="prod"))``.
     Requests and tokens are paced on the Redis server's clock (GCRA), a 429 pauses the scope
     for every process, limits learned or read from headers by one process apply to all, and
-    an exhausted quota fails every process fast. Needs the ``redis`` extra
-    (``pip install 'async-batch-llm[redis]'``).
+    an exhausted quota fails every process fast. Needs redis-py (the ``redis`` extra).
 
     It pickles as its URL and options and connects on first use, on the event loop that uses
     it, so it can be handed to Ray actors or other worker processes.
@@ -306,13 +305,10 @@ class RedisBudget:
         loop = asyncio.get_running_loop()
         if self._client is not None and self._loop is loop:
             return
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            msg = "RedisBudget needs redis-py; install it with pip install 'async-batch-llm[redis]'"
-            raise ImportError(msg) from exc
+        import redis.asyncio as aioredis  # checked at construction (`_import_redis`)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         # A client belongs to the loop it was made on; a new loop (a new asyncio.run, a Ray
         # actor's loop) gets its own. The old one is dropped, not closed: its loop is gone.
         self._client = aioredis.Redis.from_url(
@@ -362,7 +358,10 @@ def _import_redis() -> None:
     try:
         import redis.asyncio  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        msg = "RedisBudget needs redis-py; install it with pip install 'async-batch-llm[redis]'"
+        msg = (
+            "RedisBudget needs redis-py: pip install 'redis>=5' (or this project's redis "
+            "extra, pip install '.[redis]' in a checkout)"
+        )
         raise ImportError(msg) from exc
 
 
