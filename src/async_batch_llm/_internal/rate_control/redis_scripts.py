@@ -28,6 +28,8 @@ pr st    probing (doubling) or steady increases; steady steps in a row
 lat      mean call duration (seconds)
 b<i>     successes admitted in bucket i of a ring of ``RING`` buckets over one window (n<i>
          is the bucket's index); only those admitted once the provider was rejecting
+hd       some process has heard back from the provider (an answer of any kind)
+ft fc    when the first call went, and how many went before anyone heard back
 ver      bumped whenever a limit or pace changes
 =======  ===============================================================================
 """
@@ -70,14 +72,16 @@ local function burst_of(rate, burst_seconds)
   return math.max(1, rate * burst_seconds)
 end
 -- Change a dimension's pace, keeping what may go at once (capped at the new burst).
-local function repace(prefix, rate, burst_seconds)
+local function repace(prefix, rate, burst_seconds, available_now)
   local old = num(prefix .. 'r')
   local old_burst = num(prefix .. 'b') or 1
   local tat = num(prefix .. 't') or now
   local new_burst = burst_of(rate, burst_seconds)
   if old == nil then
-    -- Newly paced: start gently, one unit at once.
-    tat = now + math.max(0, new_burst - 1) / rate
+    -- Newly paced: start gently, one unit at once, unless the provider said how much of
+    -- its budget is left (then up to a burst of that goes at once).
+    local available = math.min(new_burst, math.max(1, available_now or 1))
+    tat = now + (new_burst - available) / rate
   else
     local available = math.min(old_burst - math.max(0, tat - now) * old, new_burst)
     tat = now + (new_burst - available) / rate
@@ -87,12 +91,12 @@ local function repace(prefix, rate, burst_seconds)
   put(prefix .. 't', tat)
   redis.call('HINCRBY', key, 'ver', 1)
 end
-local function set_limit(prefix, limit, source, margin, burst_seconds)
+local function set_limit(prefix, limit, source, margin, burst_seconds, available_now)
   local pace = limit
   if source ~= 'learned' then pace = limit * (1 - margin) end
   put(prefix .. 'l', limit)
   put(prefix .. 's', source)
-  repace(prefix, pace, burst_seconds)
+  repace(prefix, pace, burst_seconds, available_now)
   return pace
 end
 local function refund(prefix, cost)
@@ -106,6 +110,9 @@ local function charge(prefix, cost)
   put(prefix .. 't', math.max(num(prefix .. 't') or now, now) + cost / rate)
 end
 local RING = __RING__
+local FIRST_CALLS = 4
+local FIRST_WAIT = 5.0
+local function heard() redis.call('HSET', key, 'hd', '1') end
 local function ring_width(window) return window / RING end
 -- Successes counted (by admission time) in [start, finish].
 local function successes_between(window, start, finish)
@@ -214,6 +221,26 @@ local blocked = num('bu')
 if blocked and now < blocked then
   return answer(1, blocked - now)
 end
+-- A scope nobody has heard back from yet (no limit known, no answer of any kind) lets a
+-- few calls go and waits for the first answer: its headers, or its 429, tell every
+-- process what the limit is before they all send into it. Bounded: after FIRST_WAIT
+-- seconds without an answer, calls go anyway.
+if not redis.call('HGET', key, 'hd') and not num('rr') and not num('tr') then
+  local first = num('ft')
+  if first == nil then
+    first = now
+    put('ft', now)
+  end
+  if now - first < FIRST_WAIT then
+    if (num('fc') or 0) >= FIRST_CALLS then
+      return answer(1, 0.02)
+    end
+    redis.call('HINCRBY', key, 'fc', 1)
+    local reply = answer(0, 0)
+    reply[11] = {'0'}
+    return reply
+  end
+end
 -- Steady increases of a learned pace, once per interval in which calls waited and no 429 came.
 local rate = num('rr')
 if rate and redis.call('HGET', key, 'rs') == 'learned' then
@@ -273,11 +300,12 @@ return reply
 )
 
 #: KEYS: hash. ARGV: successes, tokens used beyond what they booked (negative: unused),
-#: their mean duration (-1: no successes), window.
+#: their mean duration (-1: no successes), window, failures.
 SUCCEEDED: Final = (
     _COMMON
     + """
 local successes, extra = tonumber(ARGV[1]), tonumber(ARGV[2])
+if successes > 0 or tonumber(ARGV[5]) > 0 then heard() end
 if successes > 0 then
   redis.call('HINCRBY', key, 'sc', successes)
   redis.call('HSET', key, 'ps', '0')
@@ -313,6 +341,7 @@ if not redis.call('HGET', key, 'init') then
   -- The store was lost since this call was admitted: nothing to learn from.
   return {'0', '', ''}
 end
+heard()
 redis.call('HSET', key, 'il', '1', 'st', '0')
 local succeeded = num('sc') or 0
 local clean = succeeded - (num('sa') or 0)
@@ -413,11 +442,13 @@ return 1
 """
 )
 
-#: KEYS: hash. ARGV: dimension prefix ('r' or 't'), limit per second, margin, burst seconds.
+#: KEYS: hash. ARGV: dimension prefix ('r' or 't'), limit per second, margin, burst seconds,
+#: what remains of the provider's budget (-1: not said).
 #: A provider's header limit replaces a configured or learned one.
 SET_LIMIT: Final = (
     _COMMON
     + """
+heard()
 local prefix = ARGV[1]
 local limit = tonumber(ARGV[2])
 local current = num(prefix .. 'l')
@@ -425,7 +456,12 @@ if redis.call('HGET', key, prefix .. 's') == 'header' and current
    and math.abs(current - limit) <= 0.02 * limit then
   return 0
 end
-set_limit(prefix, limit, 'header', tonumber(ARGV[3]), tonumber(ARGV[4]))
+-- What the provider has left, less the calls that went before anyone heard back (they
+-- may not be counted in it yet).
+local remaining = tonumber(ARGV[5])
+local available = nil
+if remaining >= 0 then available = remaining - (num('fc') or 0) end
+set_limit(prefix, limit, 'header', tonumber(ARGV[3]), tonumber(ARGV[4]), available)
 if prefix == 'r' then redis.call('HDEL', key, 'cl') end
 return 1
 """

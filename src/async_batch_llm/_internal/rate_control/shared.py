@@ -87,12 +87,13 @@ class _Slot:
 
 @dataclass(slots=True)
 class _Tally:
-    """Outcomes of one scope waiting to be sent: successes, their total duration, and
-    tokens used beyond (or, negative, below) what the calls booked."""
+    """Outcomes of one scope waiting to be sent: successes, their total duration, tokens
+    used beyond (or, negative, below) what the calls booked, and failures."""
 
     successes: int = 0
     duration: float = 0.0
     extra_tokens: int = 0
+    failures: int = 0
 
 
 class SharedRates:
@@ -319,10 +320,12 @@ class SharedRates:
             tally.extra_tokens += used_tokens - ticket.tokens
 
     def failed(self, ticket: Ticket, used_tokens: int | None) -> None:
-        if ticket.shared_at is None or ticket.tokens <= 0:
+        if ticket.shared_at is None:
             return
+        tally = self._tally(ticket.scope)
+        tally.failures += 1
         # What it booked and did not use goes back.
-        self._tally(ticket.scope).extra_tokens -= ticket.tokens - (used_tokens or 0)
+        tally.extra_tokens -= ticket.tokens - (used_tokens or 0)
 
     def _tally(self, scope: RateScope) -> _Tally:
         """The outcomes of `scope` not sent yet; sent together within `TALLY_INTERVAL`."""
@@ -342,12 +345,12 @@ class SharedRates:
         self._flush_scheduled = False
         tallies, self._tallies = self._tallies, {}
         for scope, tally in tallies.items():
-            if tally.successes or tally.extra_tokens:
+            if tally.successes or tally.extra_tokens or tally.failures:
                 mean = tally.duration / tally.successes if tally.successes else -1.0
                 self._send(
                     scope,
                     "succeeded",
-                    [tally.successes, tally.extra_tokens, mean, self._window],
+                    [tally.successes, tally.extra_tokens, mean, self._window, tally.failures],
                 )
 
     def rate_limited(self, ticket: Ticket, retry_after: float | None) -> None:
@@ -384,14 +387,16 @@ class SharedRates:
             and not _close(requests.limit, known.published_requests)
         ):
             known.published_requests = requests.limit
-            self._send(state.scope, "set_limit", ["r", requests.limit, margin, burst])
+            left = -1.0 if requests.remaining is None else requests.remaining
+            self._send(state.scope, "set_limit", ["r", requests.limit, margin, burst, left])
         if (
             tokens.source == "header"
             and tokens.limit is not None
             and not _close(tokens.limit, known.published_tokens)
         ):
             known.published_tokens = tokens.limit
-            self._send(state.scope, "set_limit", ["t", tokens.limit, margin, burst])
+            left = -1.0 if tokens.remaining is None else tokens.remaining
+            self._send(state.scope, "set_limit", ["t", tokens.limit, margin, burst, left])
 
     @property
     def _window(self) -> float:
