@@ -134,12 +134,15 @@ def test_a_429_with_a_hint_pauses_its_scope_in_every_process_only(
     forced = next(r for r in records if r.status == 429)
     paused_key = forced.api_key
     other_key = next(key for key in keys if key != paused_key)
-    # Calls admitted before the pause began (at most max_booking_ahead, 0.1 s, of them)
-    # may still arrive just after it.
-    quiet = (forced.time + 0.25, forced.time + hint)
+    # Calls admitted before the pause reached Redis may still arrive just after it: those
+    # booked up to max_booking_ahead (0.1 s) ahead, and those admitted while the process
+    # that got the 429 was telling Redis (its event loop lags on this loaded machine).
+    slack = 0.5
+    quiet = (forced.time + slack, forced.time + hint)
     during = [r for r in records if quiet[0] <= sent_at(r) < quiet[1]]
-    assert not [r for r in during if r.api_key == paused_key]
-    assert sum(1 for r in during if r.api_key == other_key) >= 0.5 * RATE * (hint - 0.25)
+    late = [round(sent_at(r) - forced.time, 3) for r in during if r.api_key == paused_key]
+    assert not late, f"sent on the paused scope at these seconds after its 429: {late}"
+    assert sum(1 for r in during if r.api_key == other_key) >= 0.5 * RATE * (hint - slack)
 
 
 def test_redis_lost_and_back_loses_nothing_and_never_overruns(
