@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "shared_budget"), str(ROOT / "tests"), str(ROOT / "src")]
 
-from budget_support import MODEL, Fleet, SimulatorThread, poll, rates  # noqa: E402
+from budget_support import MODEL, Fleet, SimulatorThread, poll, rates, run_fleet  # noqa: E402
 
 from redis_support import RedisServer  # noqa: E402
 
@@ -110,22 +110,11 @@ def admissions() -> None:
 
 
 def _run(
-    simulator: SimulatorThread,
-    specs: list[dict[str, Any]],
-    during: Any = None,
+    simulator: SimulatorThread, specs: list[dict[str, Any]], during: Any = None
 ) -> tuple[float, list[Any]]:
     with tempfile.TemporaryDirectory() as directory:
-        fleet = Fleet(specs, Path(directory))
-        try:
-            fleet.start()
-            fleet.go()
-            if during is not None:
-                during(fleet)
-            outcomes = fleet.wait()
-        finally:
-            fleet.kill_all()
-    finished = max(o.summary["finished"] for o in outcomes if o.summary)
-    return finished - fleet.released_at, outcomes
+        outcomes, wall = run_fleet(Path(directory), specs, during)
+    return wall, outcomes
 
 
 def _specs(

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,26 @@ class Fleet:
             for pipe in (process.stdin, process.stdout):
                 if pipe is not None:
                     pipe.close()
+
+
+def run_fleet(
+    directory: Path,
+    specs: list[dict[str, Any]],
+    during: Callable[[Fleet], None] | None = None,
+) -> tuple[list[Outcome], float]:
+    """Run the processes of `specs` together (their files in `directory`); `during` runs
+    in the caller while they work. Returns what each reported and the wall time."""
+    fleet = Fleet(specs, directory)
+    try:
+        fleet.start()
+        fleet.go()
+        if during is not None:
+            during(fleet)
+        outcomes = fleet.wait()
+    finally:
+        fleet.kill_all()
+    finished = max(o.summary["finished"] for o in outcomes if o.summary)
+    return outcomes, finished - fleet.released_at
 
 
 def split(items: int, processes: int) -> Iterable[tuple[int, int]]:

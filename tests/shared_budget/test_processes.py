@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from budget_support import MODEL, Fleet, Outcome, SimulatorThread, poll, rates, split
+from budget_support import (
+    MODEL,
+    Fleet,
+    Outcome,
+    SimulatorThread,
+    poll,
+    rates,
+    run_fleet,
+    split,
+)
 
 from redis_support import RedisServer
 
@@ -49,25 +57,6 @@ def specs(
         }
         for first, count in split(items, PROCESSES)
     ]
-
-
-def run_fleet(
-    tmp_path: Path,
-    spec_list: list[dict[str, Any]],
-    during: Callable[[Fleet], None] | None = None,
-) -> tuple[list[Outcome], float]:
-    """Run the processes together; `during` runs in the test while they work."""
-    fleet = Fleet(spec_list, tmp_path)
-    try:
-        fleet.start()
-        fleet.go()
-        if during is not None:
-            during(fleet)
-        outcomes = fleet.wait()
-    finally:
-        fleet.kill_all()
-    finished = max(o.summary["finished"] for o in outcomes if o.summary)
-    return outcomes, finished - fleet.released_at
 
 
 def assert_exactly_once(

@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -183,6 +183,7 @@ class RedisBudget:
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.degraded = False
         self._next_probe = 0.0
+        self._keys: dict[RateScope, tuple[str, str]] = {}
         self._listeners: list[weakref.WeakMethod[Any] | Callable[..., object]] = []
 
     # -- pickling: the URL and options only -------------------------------------------------
@@ -222,9 +223,13 @@ class RedisBudget:
         The scope is fingerprinted: its key id is already a fingerprint of the API key, and
         model names do not belong in key names either.
         """
-        digest = hashlib.sha256(f"{self.namespace}\0{scope}".encode()).hexdigest()[:20]
-        tag = f"{self.key_prefix}:{{{digest}}}"
-        return f"{tag}:state", f"{tag}:procs"
+        keys = self._keys.get(scope)
+        if keys is None:
+            # Hashed once per scope: admissions ask for the keys on every call.
+            digest = hashlib.sha256(f"{self.namespace}\0{scope}".encode()).hexdigest()[:20]
+            tag = f"{self.key_prefix}:{{{digest}}}"
+            keys = self._keys[scope] = (f"{tag}:state", f"{tag}:procs")
+        return keys
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -326,7 +331,7 @@ class RedisBudget:
             name: self._client.register_script(source) for name, source in _SCRIPTS.items()
         }
 
-    async def call(self, script: str, keys: list[str], args: list[Any]) -> Any:
+    async def call(self, script: str, keys: Sequence[str], args: list[Any]) -> Any:
         """Run one script; raise `StoreUnavailable` (and degrade) if Redis does not answer."""
         self._connect()
         runner = self._scripts[script]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +67,8 @@ class _Known:
     processes: int = 0
     heartbeat_at: float = -1e18
     local: bool = False
-    published_requests: float | None = None
-    published_tokens: float | None = None
+    #: The header limit last published per dimension (``"r"``, ``"t"``).
+    published: dict[str, float] = field(default_factory=dict)
     #: Calls of this process waiting to book in the scope.
     waiting: int = 0
     #: Slots booked for this process's waiting calls and not taken yet.
@@ -173,7 +173,7 @@ class SharedRates:
         """
         budget = self.budget
         scope = state.scope
-        keys = list(budget.keys_for(scope))
+        keys = budget.keys_for(scope)
         known.waiting += 1
         lock = self._lock(scope)
         try:
@@ -380,23 +380,15 @@ class SharedRates:
         if known is None or known.local:
             return
         margin, burst = self.settings.safety_margin, self.settings.burst_seconds
-        requests, tokens = state.requests, state.tokens
-        if (
-            requests.source == "header"
-            and requests.limit is not None
-            and not _close(requests.limit, known.published_requests)
-        ):
-            known.published_requests = requests.limit
-            left = -1.0 if requests.remaining is None else requests.remaining
-            self._send(state.scope, "set_limit", ["r", requests.limit, margin, burst, left])
-        if (
-            tokens.source == "header"
-            and tokens.limit is not None
-            and not _close(tokens.limit, known.published_tokens)
-        ):
-            known.published_tokens = tokens.limit
-            left = -1.0 if tokens.remaining is None else tokens.remaining
-            self._send(state.scope, "set_limit", ["t", tokens.limit, margin, burst, left])
+        for prefix, dimension in (("r", state.requests), ("t", state.tokens)):
+            limit = dimension.limit
+            if dimension.source != "header" or limit is None:
+                continue
+            if _close(limit, known.published.get(prefix)):
+                continue
+            known.published[prefix] = limit
+            left = -1.0 if dimension.remaining is None else dimension.remaining
+            self._send(state.scope, "set_limit", [prefix, limit, margin, burst, left])
 
     @property
     def _window(self) -> float:
@@ -405,10 +397,10 @@ class SharedRates:
     def _send(self, scope: RateScope, script: str, args: list[Any]) -> None:
         if self.budget.degraded:
             return
-        keys = list(self.budget.keys_for(scope))[:1]
+        keys = self.budget.keys_for(scope)[:1]
         self._spawn(self._quietly(script, keys, args))
 
-    async def _quietly(self, script: str, keys: list[str], args: list[Any]) -> None:
+    async def _quietly(self, script: str, keys: Sequence[str], args: list[Any]) -> None:
         try:
             await self.budget.call(script, keys, args)
         except StoreUnavailable:
