@@ -162,12 +162,18 @@ def split_key(server: RedisServer) -> None:
     # Every process is told a limit (the simulator sends no rate-limit headers here, which
     # would override it): the key's, or a quarter of it. The adaptive controller in each
     # still reacts to the 429s it gets, as it would for a user who splits a key by hand.
-    ways: list[tuple[str, str | None, float]] = [
-        ("shared budget (RedisBudget), told the key's limit", server.url, rpm),
-        ("per-process limits, each told the key's limit", None, rpm),
-        ("static split, each told a quarter of it", None, rpm / PROCESSES),
+    ways: list[tuple[str, str | None, float, bool]] = [
+        ("shared budget (RedisBudget), told the key's limit", server.url, rpm, False),
+        ("per-process adaptive limits, each told the key's limit", None, rpm, False),
+        (
+            "per-process fixed limiters (`max_requests_per_minute`), the key's limit",
+            None,
+            rpm,
+            True,
+        ),
+        ("static split, each told a quarter of it", None, rpm / PROCESSES, False),
     ]
-    for name, url, limit in ways:
+    for name, url, limit, fixed in ways:
         _flush(server)
         simulator = SimulatorThread(
             rpm=RATE * WINDOW,
@@ -176,7 +182,10 @@ def split_key(server: RedisServer) -> None:
             send_rate_limit_headers=False,
         )
         try:
-            specs = _specs(simulator, url, counts, {"rpm": limit})
+            if fixed:
+                specs = _specs(simulator, url, counts, static_rpm=limit)
+            else:
+                specs = _specs(simulator, url, counts, {"rpm": limit})
             wall, _ = _run(simulator, specs)
             print(f"| {name} | {wall:.1f} s | {wall / ideal:.2f}x | {_rejected(simulator):.1%} |")
         finally:
@@ -234,19 +243,21 @@ def scenarios(server: RedisServer) -> None:
     finally:
         simulator.close()
 
-    _flush(server)
-    simulator = SimulatorThread(
-        rpm=RATE * WINDOW, window_seconds=WINDOW, latency=LATENCY, send_rate_limit_headers=False
-    )
-    try:
-        wall, _ = _run(simulator, _specs(simulator, server.url, quarter))
-        ideal = (1000 - RATE * WINDOW) / RATE + LATENCY
-        print(
-            f"| no headers, limit learned | {wall:.1f} s = {wall / ideal:.2f}x ideal, "
-            f"{_rejected(simulator):.2%} rejected | within 25%, < 3% |"
+    for rate in (RATE, RATE / 2):
+        _flush(server)
+        simulator = SimulatorThread(
+            rpm=rate * WINDOW, window_seconds=WINDOW, latency=LATENCY, send_rate_limit_headers=False
         )
-    finally:
-        simulator.close()
+        try:
+            wall, _ = _run(simulator, _specs(simulator, server.url, quarter))
+            ideal = (1000 - rate * WINDOW) / rate + LATENCY
+            print(
+                f"| no headers, limit learned, {rate:.0f} requests/s | {wall:.1f} s = "
+                f"{wall / ideal:.2f}x ideal, {_rejected(simulator):.2%} rejected | "
+                "within 25%, < 3% |"
+            )
+        finally:
+            simulator.close()
 
     _flush(server)
     simulator = SimulatorThread(rpm=RATE * WINDOW, window_seconds=WINDOW, latency=LATENCY)

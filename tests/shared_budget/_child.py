@@ -88,7 +88,10 @@ async def run(spec: dict[str, Any]) -> None:
     budget = None
     if spec.get("redis"):
         budget = RedisBudget(spec["redis"], namespace=spec["namespace"])
-    rate = AdaptiveRateLimitStrategy(budget=budget, **spec.get("rate", {}))
+    # "static_rpm": a fixed per-process limiter (the processor's own) and the default
+    # cooldown strategy instead of the adaptive controller.
+    static_rpm = spec.get("static_rpm")
+    rate = None if static_rpm else AdaptiveRateLimitStrategy(budget=budget, **spec.get("rate", {}))
     strategies = [
         OpenAIChat(spec["base_url"], key, spec["model"], spec.get("estimate"))
         for key in spec["keys"]
@@ -99,6 +102,7 @@ async def run(spec: dict[str, Any]) -> None:
         timeout_per_item=30.0,
         retry=RetryConfig(max_attempts=50, initial_wait=0.01, max_wait=0.05, jitter=False),
         rate_limit=RateLimitConfig(max_rate_limit_retries=1000),
+        max_requests_per_minute=static_rpm,
     )
     lags: list[float] = []
 
@@ -147,7 +151,7 @@ async def run(spec: dict[str, Any]) -> None:
             "lags_over_100ms": sum(1 for lag in lags if lag > 0.1),
             "snapshot": [
                 {"rpm": s.requests_per_minute, "source": s.request_limit_source}
-                for s in rate.snapshot()
+                for s in (rate.snapshot() if rate is not None else [])
             ],
         }
         out.write(json.dumps(summary) + "\n")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2
+
 import async_batch_llm
 from async_batch_llm.testing.simulator import ProviderSimulator, SimulatorConfig
 
@@ -54,6 +56,25 @@ class SimulatorThread:
     def successes(self) -> int:
         """Generation requests answered 200 so far."""
         return int(self.simulator.stats.by_status.get(200, 0))
+
+    def tokens_per_call(self, model: str, prompt: str) -> int:
+        """Total tokens the simulator charges for one chat completion of `prompt`."""
+        reply = httpx2.post(
+            f"{self.base_url}/chat/completions",
+            headers={"Authorization": "Bearer sk-calibrate"},
+            json={"model": model, "messages": [{"role": "user", "content": prompt}]},
+        )
+        reply.raise_for_status()
+        return int(reply.json()["usage"]["total_tokens"])
+
+    def tokens_used(self) -> int:
+        """Prompt and output tokens of every answered request so far."""
+
+        async def total() -> int:
+            stats = self.simulator.stats
+            return int(stats.prompt_tokens + stats.output_tokens)
+
+        return self._call(total())  # type: ignore[no-any-return]
 
     def records(self) -> list[Any]:
         """Generation requests finished so far (time, status, api_key), oldest first."""

@@ -98,12 +98,14 @@ def test_four_processes_share_one_key_near_the_ideal(
 def test_without_the_shared_budget_the_processes_overrun_the_key(
     tmp_path: Path, start_simulator: Any
 ) -> None:
+    # What users do without one: every process limits itself to the key's whole limit.
+    # (Each process's own adaptive controller reacts to the 429s it gets, and rejects less:
+    # 19-43% in this setup, 12.5% without headers, see docs/benchmarks.md. The shared run
+    # rejects under 1%.)
     simulator = start_simulator(rpm=RATE, window_seconds=WINDOW, latency=LATENCY)
-    outcomes, _ = run_fleet(tmp_path, specs(simulator, None))
+    outcomes, _ = run_fleet(tmp_path, specs(simulator, None, static_rpm=RATE * 60.0))
     assert_exactly_once(outcomes, ITEMS)
-    # Measured here: 19-43% (the controllers in each process react to the 429s they get);
-    # the shared run rejects under 1%.
-    assert rejected_fraction(simulator) >= 0.10
+    assert rejected_fraction(simulator) >= 0.30
 
 
 def test_a_429_with_a_hint_pauses_its_scope_in_every_process_only(
@@ -192,5 +194,47 @@ def test_a_killed_process_does_not_stop_the_others(
         for i in range(spec["first"], spec["first"] + spec["count"])
     }
     assert_exactly_once(survivors, 0, expected)
-    # How fast the survivors take up the killed process's share is measured by
-    # benchmarks/shared_budget.py (a rate over seconds is a timing, not a test).
+    # From 2 s after the kill the survivors use the whole limit: what the provider let
+    # through, over 2 s windows, up to a second before the last of them finished.
+    ok = [sent_at(r) for r in simulator.records() if r.status == 200]
+    last = max(o.summary["finished"] for o in survivors if o.summary) - 1.0
+    after = rates(ok, killed[0] + 2.0, last, 2.0, 0.5)
+    assert after, (killed, last)
+    assert min(after) >= 0.9 * RATE, after
+
+
+def test_without_headers_the_limit_is_learned_once_for_all(
+    tmp_path: Path, redis_server: RedisServer, start_simulator: Any
+) -> None:
+    # Half the rate of the other tests: at 100 requests/s, four SDK processes, the simulator
+    # and Redis keep this machine's two cores busy, and the calls booked before the first
+    # 429 reaches them grow with the lag of their event loops (benchmarks/shared_budget.py
+    # measures both rates).
+    rate = RATE / 2
+    simulator = start_simulator(
+        rpm=rate, window_seconds=WINDOW, latency=LATENCY, send_rate_limit_headers=False
+    )
+    outcomes, wall = run_fleet(tmp_path, specs(simulator, redis_server.url))
+    assert_exactly_once(outcomes, ITEMS)
+    rejected = rejected_fraction(simulator)
+    ideal = max(0.0, ITEMS - rate * WINDOW) / rate + LATENCY
+    assert wall <= 1.25 * ideal, (wall, ideal)
+    assert rejected < 0.03, rejected
+    for outcome in outcomes:
+        assert outcome.summary is not None
+        assert [s["source"] for s in outcome.summary["snapshot"]] == ["learned"]
+
+
+def test_a_token_bound_key_with_estimates_twice_the_usage_runs_near_the_ideal(
+    tmp_path: Path, redis_server: RedisServer, start_simulator: Any
+) -> None:
+    tokens = 500.0
+    simulator = start_simulator(tpm=tokens * WINDOW, window_seconds=WINDOW, latency=LATENCY)
+    per_call = simulator.tokens_per_call(MODEL, "prompt 100")
+    spec_list = specs(
+        simulator, redis_server.url, items=600, rate={"tpm": tokens * 60.0}, estimate=2 * per_call
+    )
+    outcomes, wall = run_fleet(tmp_path, spec_list)
+    assert_exactly_once(outcomes, 600)
+    ideal = (simulator.tokens_used() - per_call) / tokens + LATENCY
+    assert wall <= 1.15 * ideal, (wall, ideal)

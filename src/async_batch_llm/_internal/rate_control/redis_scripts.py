@@ -18,13 +18,21 @@ cl       ceiling for a learned request pace (a configured limit, margin applied)
 bu       blocked until: no admission before this (the pause after a 429)
 pb ps    when the current pause began; pauses begun since the last success
 xu xr    quota exhausted until, and why
-ep       learning episode (bumped by each decrease; a 429 counts once per episode)
+ep et    learning episode (bumped by each decrease; a 429 counts once per episode), and
+         when it began
 sc sa    successes, and successes at the last 429
 cs       clean since: when the last 429 came (or the scope started)
 rj lr    since when the provider has been rejecting; when it last rejected
 pri      the rate a full budget that ran out implied at the first 429
 is ip il interval start; whether calls waited in it; whether a 429 came in it
+ia       calls admitted in the interval
 pr st    probing (doubling) or steady increases; steady steps in a row
+pd       the pace doubled since the last decrease
+ss       slow start: a pace learned from nothing, doubling, that no 429 has stopped yet
+sh       the slow start's history: "time,admitted so far;" at each interval
+na       calls admitted so far (slots booked, the first calls included)
+dm       the provider's sustained rate, as measured at the last 429 (successes while it
+         was rejecting): increases stop there, and go on above it only twice per window
 lat      mean call duration (seconds)
 b<i>     successes admitted in bucket i of a ring of ``RING`` buckets over one window (n<i>
          is the bucket's index); only those admitted once the provider was rejecting
@@ -112,6 +120,11 @@ end
 local RING = __RING__
 local FIRST_CALLS = 4
 local FIRST_WAIT = 5.0
+local SLOW_START_HORIZON = 0.01
+local EPISODE_GRACE = 0.1
+local SLOW_START_GROWTH = 1.5
+-- Bytes of slow-start history kept (about 100 intervals).
+local SLOW_START_HISTORY = 2400
 local function heard() redis.call('HSET', key, 'hd', '1') end
 local function ring_width(window) return window / RING end
 -- Successes counted (by admission time) in [start, finish].
@@ -236,39 +249,77 @@ if not redis.call('HGET', key, 'hd') and not num('rr') and not num('tr') then
       return answer(1, 0.02)
     end
     redis.call('HINCRBY', key, 'fc', 1)
+    redis.call('HINCRBY', key, 'na', 1)
     local reply = answer(0, 0)
     reply[11] = {'0'}
     return reply
   end
 end
--- Steady increases of a learned pace, once per interval in which calls waited and no 429 came.
+-- Heard back without a limit (no headers) and never rejected: a slow start, as TCP's. The
+-- pace begins at twice the first calls' rate (they went through in one call duration) and
+-- doubles every call duration in which calls waited, until the provider's first 429.
+-- What was admitted when is kept (`sh`) for the estimate at that 429. Unpaced instead,
+-- every worker of every process sends into the provider's budget at once, and a whole
+-- round of calls is rejected before the first 429 can stop them.
+if redis.call('HGET', key, 'hd') and not num('rr') and not num('tr')
+   and not redis.call('HGET', key, 'lr') then
+  local latency = num('lat') or 1
+  local start = math.max(2 * FIRST_CALLS / math.max(latency, 0.01), 1 / 60)
+  put('rl', start)
+  put('rs', 'learned')
+  repace('r', start, burst_seconds)
+  redis.call('HSET', key, 'pr', '1', 'ss', '1', 'is', tostring(now), 'ip', '0', 'il', '0',
+             'ia', '0', 'sh', string.format('%.4f,%d;', now, num('na') or 0))
+end
+-- Increases of a learned pace, once per interval in which calls waited and no 429 came.
 local rate = num('rr')
 if rate and redis.call('HGET', key, 'rs') == 'learned' then
   local latency = num('lat') or 0
   local probing = redis.call('HGET', key, 'pr') == '1'
   local interval = math.max(latency, math.min(2 / rate, 0.5))
   if not probing then interval = math.max(window * 0.1, interval) end
+  -- Below the rate the provider demonstrated, increases stop there; above it (it has not
+  -- rejected for a while), they come twice per window: enough for a limit that was raised,
+  -- without spending its budget in a few seconds and running into it at a high pace.
+  local held = num('dm')
+  if held then held = held * (1 - margin) end
+  local above = held and rate >= held
+  if above then interval = math.max(interval, window / 2) end
   local started = num('is') or now
   if now - started >= interval then
-    if redis.call('HGET', key, 'ip') == '1' and redis.call('HGET', key, 'il') ~= '1' then
+    -- Raised only when the pace held calls back: calls waited for it, and at least half
+    -- of what it allowed was taken. A pace the processes do not use says nothing about
+    -- the provider, and raising it only makes a bigger burst once they do.
+    local used = (num('ia') or 0) >= 0.5 * rate * (now - started)
+    if used and redis.call('HGET', key, 'ip') == '1' and redis.call('HGET', key, 'il') ~= '1' then
       local raised
-      if probing then
+      if probing and not above then
+        -- A slow start grows by half each time: when it finds the limit, the calls booked
+        -- meanwhile are rejected, and they are fewer the slower it went.
         raised = rate * 2
+        if redis.call('HGET', key, 'ss') == '1' then raised = rate * SLOW_START_GROWTH end
+        put('pd', 1)
       else
-        -- Steady increases only: a probe that doubles the pace of several processes at once
-        -- overshoots by a whole window's worth of calls before the 429s come back.
         raised = rate + math.max(rate * increase, 1 / 60)
       end
       local ceiling = num('cl')
       if ceiling and raised > ceiling then raised = ceiling end
+      if held and not above and raised > held then raised = held end
       if raised > rate then
         put('rl', raised)
         repace('r', raised, burst_seconds)
       end
     end
-    redis.call('HSET', key, 'is', tostring(now), 'ip', '0', 'il', '0')
+    redis.call('HSET', key, 'is', tostring(now), 'ip', '0', 'il', '0', 'ia', '0')
+    local history = redis.call('HGET', key, 'sh')
+    if redis.call('HGET', key, 'ss') == '1' and history and #history < SLOW_START_HISTORY then
+      put('sh', history .. string.format('%.4f,%d;', now, num('na') or 0))
+    end
   end
 end
+-- While a slow start probes for the provider's limit, book little ahead: calls booked
+-- ahead still go after the first 429, into a budget that just ran out.
+if redis.call('HGET', key, 'ss') == '1' then horizon = math.min(horizon, SLOW_START_HORIZON) end
 local request_rate, token_rate = num('rr'), num('tr')
 local request_burst, token_burst = num('rb') or 1, num('tb') or 1
 local request_tat, token_tat = num('rt') or now, num('tt') or now
@@ -288,10 +339,13 @@ while #delays < wanted do
   delays[#delays + 1] = tostring(wait)
 end
 if #delays == 0 then
+  put('ip', 1)
   return answer(1, wait - horizon)
 end
 if request_rate then put('rt', request_tat) end
 if token_rate then put('tt', token_tat) end
+redis.call('HINCRBY', key, 'na', #delays)
+redis.call('HINCRBY', key, 'ia', #delays)
 if tonumber(delays[#delays]) > 0 then put('ip', 1) end
 local reply = answer(0, delays[1])
 reply[11] = delays
@@ -326,7 +380,7 @@ return 1
 )
 
 #: KEYS: hash. ARGV: retry hint seconds (-1: none), admission episode, admitted at (Redis
-#: seconds), booked tokens, window, decrease factor, burst seconds.
+#: seconds), booked tokens, window, decrease factor, burst seconds, margin.
 #: Returns {pause seconds, request pace, request source}.
 RATE_LIMITED: Final = (
     _COMMON
@@ -337,6 +391,31 @@ local admitted_at = tonumber(ARGV[3])
 local window = tonumber(ARGV[5])
 local decrease = tonumber(ARGV[6])
 local burst_seconds = tonumber(ARGV[7])
+local margin = tonumber(ARGV[8])
+-- The least rate r for which a budget of r * window, full at the first point and refilled
+-- at r, lets through what was admitted between the points ({time, admitted so far}, calls
+-- spread evenly in between). That is the provider's rate if its budget ran out at the last
+-- point, the first rejection: more would have let that call through too, less would have
+-- rejected one earlier. Per-window budgets start full (OpenAI's, Anthropic's, Gemini's).
+local function bucket_rate(points, window)
+  local total = points[#points][2] - points[1][2]
+  local function holds(r)
+    local cap = r * window
+    local level = cap
+    for i = 2, #points do
+      level = level + r * (points[i][1] - points[i - 1][1]) - (points[i][2] - points[i - 1][2])
+      if level < 0 then return false end
+      if level > cap then level = cap end
+    end
+    return true
+  end
+  local low, high = 0, math.max(total, 1) / window
+  for _ = 1, 40 do
+    local middle = (low + high) / 2
+    if holds(middle) then high = middle else low = middle end
+  end
+  return high
+end
 if not redis.call('HGET', key, 'init') then
   -- The store was lost since this call was admitted: nothing to learn from.
   return {'0', '', ''}
@@ -358,8 +437,12 @@ put('cs', now)
 refund('t', tonumber(ARGV[4]))
 local source = redis.call('HGET', key, 'rs')
 local episode = num('ep') or 0
-if source ~= 'header' and admission_episode == episode then
-  redis.call('HSET', key, 'ep', tostring(episode + 1))
+-- Calls admitted just after a decrease still meet the budget that the calls booked before
+-- it emptied: their 429s belong to the episode before.
+local fresh = admitted_at >= (num('et') or -1e18) + EPISODE_GRACE
+local ran_out = false
+if source ~= 'header' and admission_episode == episode and fresh then
+  redis.call('HSET', key, 'ep', tostring(episode + 1), 'et', tostring(now))
   local since = num('rj')
   local latency = num('lat') or 0
   local demonstrated = nil
@@ -388,13 +471,51 @@ if source ~= 'header' and admission_episode == episode then
       target = 1 / start
     end
     put('pr', 1)
-  elseif redis.call('HGET', key, 'pr') == '1' then
-    -- A probe overshot: back to the pace before the last doubling, which went through.
+  elseif redis.call('HGET', key, 'ss') == '1' then
+    -- The slow start's first 429: the provider's budget ran out, just as this call was
+    -- admitted. (The calls admitted after it are estimated at the interval's rate.)
+    local since = num('ia') or 0
+    local span = now - (num('is') or now)
+    local share = 1
+    if span > 0 then share = math.min(1, math.max(0, now - admitted_at) / span) end
+    local before = (num('na') or 0) - since * share
+    local points = {{num('ft') or admitted_at, 0}}
+    for t, n in string.gmatch(redis.call('HGET', key, 'sh') or '', '([^,;]+),([^;]+);') do
+      points[#points + 1] = {tonumber(t), tonumber(n)}
+    end
+    points[#points + 1] = {admitted_at, math.max(0, before)}
+    target = bucket_rate(points, window)
+    if demonstrated then target = math.max(target, demonstrated) end
+    -- Never above the pace before the last increase, which went through.
+    target = math.min(target, rate / SLOW_START_GROWTH)
+    -- Above the estimate, increases come twice per window. Below it for a moment, so that
+    -- the provider's budget recovers from the calls booked before this 429 came back.
+    put('dm', target)
+    target = target * decrease
+    ran_out = true
+    redis.call('HSET', key, 'ss', '0', 'pr', '0')
+    redis.call('HDEL', key, 'sh')
+  elseif redis.call('HGET', key, 'pr') == '1' and redis.call('HGET', key, 'pd') == '1' then
+    -- A probe overshot: back to the pace before the last doubling, which went through,
+    -- or just below what the provider let through while it rejected, when that is more.
     target = rate / 2
+    if demonstrated then
+      target = math.min(rate, math.max(target, demonstrated * (1 - margin)))
+      put('dm', demonstrated)
+    end
     put('pr', 0)
   else
     target = rate * decrease
-    if demonstrated then target = math.min(rate, math.max(target, demonstrated)) end
+    if demonstrated then
+      -- What the provider let through while rejecting is its sustained rate: pace just
+      -- below it (the margin), so that its budget refills a little instead of running
+      -- out again at the next increase.
+      target = math.min(rate, math.max(target, demonstrated * (1 - margin)))
+      put('dm', demonstrated)
+    elseif num('dm') then
+      -- Not measured this time: the pace that was just rejected is too fast, at least.
+      put('dm', math.min(num('dm'), rate))
+    end
     put('pr', 0)
   end
   if target then
@@ -405,7 +526,7 @@ if source ~= 'header' and admission_episode == episode then
     put('rs', 'learned')
     repace('r', target, burst_seconds)
   end
-  redis.call('HSET', key, 'is', tostring(now), 'ip', '0', 'il', '0')
+  redis.call('HSET', key, 'is', tostring(now), 'ip', '0', 'il', '0', 'ia', '0', 'pd', '0')
 end
 if admitted_at > (num('pb') or -1e18) then
   redis.call('HINCRBY', key, 'ps', 1)
@@ -415,6 +536,9 @@ local pace = num('rr')
 local pause
 if hint >= 0 then
   pause = hint
+  -- The calls booked before the slow start's first 429 came back are still arriving into
+  -- the empty budget: their retries wait until they are through.
+  if ran_out then pause = math.max(pause, EPISODE_GRACE) end
 else
   if pace == nil then pause = 0.25 else pause = 2 / pace end
   local doublings = math.min((num('ps') or 1) - 1, 16)
@@ -462,7 +586,7 @@ local remaining = tonumber(ARGV[5])
 local available = nil
 if remaining >= 0 then available = remaining - (num('fc') or 0) end
 set_limit(prefix, limit, 'header', tonumber(ARGV[3]), tonumber(ARGV[4]), available)
-if prefix == 'r' then redis.call('HDEL', key, 'cl') end
+if prefix == 'r' then redis.call('HDEL', key, 'cl', 'ss', 'dm') end
 return 1
 """
 )

@@ -366,6 +366,7 @@ class SharedRates:
             s.window_seconds,
             s.decrease_factor,
             s.burst_seconds,
+            s.safety_margin,
         ]
         self._send(ticket.scope, "rate_limited", args)
 
