@@ -222,20 +222,12 @@ def scenarios(server: RedisServer) -> None:
     tokens = 500.0
     simulator = SimulatorThread(tpm=tokens * WINDOW, window_seconds=WINDOW, latency=LATENCY)
     try:
-        import httpx2
-
-        reply = httpx2.post(
-            f"{simulator.base_url}/chat/completions",
-            headers={"Authorization": "Bearer sk-calibrate"},
-            json={"model": MODEL, "messages": [{"role": "user", "content": "prompt 100"}]},
-        )
-        per_call = int(reply.json()["usage"]["total_tokens"])
+        per_call = simulator.tokens_per_call(MODEL, "prompt 100")
         specs = _specs(
             simulator, server.url, [150] * PROCESSES, {"tpm": tokens * 60}, estimate=2 * per_call
         )
         wall, _ = _run(simulator, specs)
-        stats = simulator.simulator.stats
-        ideal = (stats.prompt_tokens + stats.output_tokens) / tokens + LATENCY
+        ideal = (simulator.tokens_used() - per_call) / tokens + LATENCY
         print(
             f"| token-bound, estimates 2x usage | {wall:.1f} s = {wall / ideal:.2f}x ideal, "
             f"{_rejected(simulator):.2%} rejected | within 15% |"
