@@ -223,9 +223,7 @@ def scenarios(server: RedisServer) -> None:
     simulator = SimulatorThread(tpm=tokens * WINDOW, window_seconds=WINDOW, latency=LATENCY)
     try:
         per_call = simulator.tokens_per_call(MODEL, "prompt 100")
-        specs = _specs(
-            simulator, server.url, [150] * PROCESSES, {"tpm": tokens * 60}, estimate=2 * per_call
-        )
+        specs = _specs(simulator, server.url, quarter, {"tpm": tokens * 60}, estimate=2 * per_call)
         wall, _ = _run(simulator, specs)
         ideal = (simulator.tokens_used() - per_call) / tokens + LATENCY
         print(

@@ -232,9 +232,9 @@ def test_a_token_bound_key_with_estimates_twice_the_usage_runs_near_the_ideal(
     simulator = start_simulator(tpm=tokens * WINDOW, window_seconds=WINDOW, latency=LATENCY)
     per_call = simulator.tokens_per_call(MODEL, "prompt 100")
     spec_list = specs(
-        simulator, redis_server.url, items=600, rate={"tpm": tokens * 60.0}, estimate=2 * per_call
+        simulator, redis_server.url, rate={"tpm": tokens * 60.0}, estimate=2 * per_call
     )
     outcomes, wall = run_fleet(tmp_path, spec_list)
-    assert_exactly_once(outcomes, 600)
+    assert_exactly_once(outcomes, ITEMS)
     ideal = (simulator.tokens_used() - per_call) / tokens + LATENCY
     assert wall <= 1.15 * ideal, (wall, ideal)
