@@ -324,6 +324,43 @@ class TestReader:
         with SQLiteCheckpointReader(db_path) as reader:
             assert list(reader.entries()) == make_entries("r", 1100)
 
+    async def test_reader_looks_ids_up_as_the_store_does_while_it_runs(self, db_path: Path) -> None:
+        store = await opened(db_path)
+        try:
+            stored = [
+                *make_entries("l", 1100),
+                make_entry("x", payload=b"\x00\xff", codec="pickle"),
+            ]
+            await store.record(stored)
+            # More ids than one lookup statement takes, some twice, some unknown.
+            ids = ["missing", "x", *[e.item_id for e in stored[:1050]], "x", "l-01099"]
+            with SQLiteCheckpointReader(db_path) as reader:
+                assert reader.lookup(ids) == await store.lookup(ids)
+                found = reader.lookup(ids)
+                assert found[0] is None
+                assert found[1] == stored[-1]
+                assert found[-2:] == [stored[-1], stored[1099]]
+        finally:
+            await store.close()
+
+    async def test_a_store_not_written_yet_gives_no_reader_to_the_ray_stage(
+        self, db_path: Path
+    ) -> None:
+        # A writer that just created the file has not written its store: not an error for
+        # the Ray stage, which reads the shards of other actors while they start.
+        assert SQLiteCheckpointReader._if_written(db_path) is None  # no file
+        _empty_file(db_path)
+        assert SQLiteCheckpointReader._if_written(db_path) is None
+        with pytest.raises(CheckpointError, match="empty database"):
+            SQLiteCheckpointReader(db_path)
+        store = await opened(db_path)
+        await store.record([make_entry("a")])
+        await store.close()
+        reader = SQLiteCheckpointReader._if_written(db_path)
+        assert reader is not None
+        with reader:
+            assert reader.lookup(["a"]) == [make_entry("a")]
+
 
 class TestThread:
     async def test_every_statement_runs_on_one_worker_thread(

@@ -395,29 +395,7 @@ class SQLiteCheckpointStore:
             _transaction(conn, lambda conn: conn.executemany(_UPSERT_META, items))
 
     def _lookup_sync(self, item_ids: list[str]) -> list[CheckpointEntry | None]:
-        conn = self._connection()
-        unique = list(dict.fromkeys(item_ids))
-        found: dict[str, _Row] = {}
-        with self._sqlite_errors("lookup"):
-            for start in range(0, len(unique), _LOOKUP_CHUNK):
-                chunk = unique[start : start + _LOOKUP_CHUNK]
-                # One row holding them all as JSON: SQLite releases the GIL per row
-                # fetched, and taking it back from a busy event loop costs up to 5 ms.
-                (packed,) = conn.execute(_lookup_sql(len(chunk)), chunk).fetchone()
-                try:
-                    for row in json.loads(packed):
-                        payload = row[6]
-                        if payload is not None:
-                            row[6] = bytes.fromhex(payload)
-                        found[row[0]] = row
-                except (ValueError, TypeError, IndexError) as exc:
-                    msg = (
-                        f"Checkpoint store {self._path} holds an entry that cannot be read "
-                        f"back: {exc!r}"
-                    )
-                    raise CheckpointError(msg) from exc
-        get = found.get
-        return _to_entries([get(item_id) for item_id in item_ids], self._path)
+        return _lookup(self._connection(), item_ids, self._path)
 
     def _record_sync(self, entries: list[CheckpointEntry]) -> None:
         conn = self._connection()
@@ -522,19 +500,24 @@ class SQLiteCheckpointReader:
         if not self._path.is_file():
             msg = f"No checkpoint store at {self._path}"
             raise CheckpointError(msg)
-        _check_file_header(self._path)
-        with _sqlite_errors(self._path, "open for reading"):
-            self._conn = sqlite3.connect(
-                f"{self._path.as_uri()}?mode=ro", uri=True, isolation_level=None
-            )
-        try:
-            with _sqlite_errors(self._path, "open for reading"):
-                if _check_schema(self._conn, self._path):
-                    msg = f"{self._path} is an empty database, not a checkpoint store"
-                    raise CheckpointError(msg)
-        except BaseException:
-            self._conn.close()
-            raise
+        conn = _connect_reader(self._path)
+        if conn is None:
+            msg = f"{self._path} is an empty database, not a checkpoint store"
+            raise CheckpointError(msg)
+        self._conn = conn
+
+    @classmethod
+    def _if_written(cls, path: Path) -> SQLiteCheckpointReader | None:
+        """A reader of the store at `path`, or ``None`` while it was created (by a writer
+        opening it) but holds no store yet; raises as the constructor does otherwise."""
+        if not path.is_file():
+            return None
+        conn = _connect_reader(path)
+        if conn is None:
+            return None
+        reader = cls.__new__(cls)
+        reader._path, reader._conn = path, conn
+        return reader
 
     def meta(self) -> dict[str, str]:
         """The metadata keys saved with `save_meta` (without the store's own `_` keys)."""
@@ -549,6 +532,10 @@ class SQLiteCheckpointReader:
                 "SELECT value FROM meta WHERE key = ?", (_WRITER_KEY,)
             ).fetchone()
         return None if row is None else str(row[0])
+
+    def lookup(self, item_ids: Sequence[str]) -> list[CheckpointEntry | None]:
+        """The entry of each of `item_ids` (``None`` for an id the store does not hold)."""
+        return _lookup(self._conn, list(item_ids), self._path)
 
     def entries(self) -> Iterator[CheckpointEntry]:
         """Every entry, in item id order."""
@@ -646,6 +633,48 @@ def _describe_writer(path: Path) -> str:
     if pid == str(os.getpid()) and host == socket.gethostname():
         return f" (this process, pid {pid}, holds it through another store object)"
     return f" (pid {pid} on host {host})" if host else f" (pid {pid})"
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection to the store at `path`, ``None`` if the database is empty."""
+    _check_file_header(path)
+    with _sqlite_errors(path, "open for reading"):
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with _sqlite_errors(path, "open for reading"):
+            empty = _check_schema(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    if empty:
+        conn.close()
+        return None
+    return conn
+
+
+def _lookup(
+    conn: sqlite3.Connection, item_ids: list[str], path: Path
+) -> list[CheckpointEntry | None]:
+    """The entry of each of `item_ids` in the store behind `conn` (``None``: not held)."""
+    unique = list(dict.fromkeys(item_ids))
+    found: dict[str, _Row] = {}
+    with _sqlite_errors(path, "lookup"):
+        for start in range(0, len(unique), _LOOKUP_CHUNK):
+            chunk = unique[start : start + _LOOKUP_CHUNK]
+            # One row holding them all as JSON: SQLite releases the GIL per row fetched,
+            # and taking it back from a busy event loop costs up to 5 ms.
+            (packed,) = conn.execute(_lookup_sql(len(chunk)), chunk).fetchone()
+            try:
+                for row in json.loads(packed):
+                    payload = row[6]
+                    if payload is not None:
+                        row[6] = bytes.fromhex(payload)
+                    found[row[0]] = row
+            except (ValueError, TypeError, IndexError) as exc:
+                msg = f"Checkpoint store {path} holds an entry that cannot be read back: {exc!r}"
+                raise CheckpointError(msg) from exc
+    get = found.get
+    return _to_entries([get(item_id) for item_id in item_ids], path)
 
 
 def _check_file_header(path: Path) -> None:

@@ -34,7 +34,6 @@ import inspect
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -62,12 +61,7 @@ from async_batch_llm.checkpoint.base import (
     EntryState,
     ResumePolicy,
 )
-from async_batch_llm.checkpoint.sqlite import (
-    _COLUMNS,
-    SCHEMA_VERSION,
-    SQLiteCheckpointStore,
-    _to_entries,
-)
+from async_batch_llm.checkpoint.sqlite import SQLiteCheckpointReader, SQLiteCheckpointStore
 from async_batch_llm.core.config import ProcessorConfig
 from async_batch_llm.llm_strategies import LLMCallStrategy
 from async_batch_llm.parallel import ParallelBatchProcessor
@@ -109,8 +103,6 @@ _CLOSE_TIMEOUT = 30.0
 _SHARD_PREFIX = "actor-"
 _SHARD_SUFFIX = ".sqlite"
 _MAX_SHARDS = 4096
-# SQLite's default bound on host parameters was 999 before 3.32.
-_LOOKUP_CHUNK = 500
 # Closings started from a finaliser on the loop's own thread, kept until they are done.
 _closing: set[asyncio.Task[None]] = set()
 
@@ -732,8 +724,8 @@ class _ShardedCheckpointStore:
         self._last_shard: int | None = None
         self._session = 0
         self._version = ""
-        # Read-only connections to the other shards, used only on the reader thread.
-        self._readers: dict[Path, sqlite3.Connection] = {}
+        # Readers of the other shards, used only on the reader thread.
+        self._readers: dict[Path, SQLiteCheckpointReader] = {}
         self._reader_thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
@@ -844,83 +836,56 @@ class _ShardedCheckpointStore:
         for path in sorted(self.directory.glob(f"{_SHARD_PREFIX}*{_SHARD_SUFFIX}")):
             if path == self._shard:
                 continue
-            conn = self._reader(path)
-            if conn is None:
+            reader = self._reader(path)
+            if reader is None:
                 continue
-            try:
-                for start in range(0, len(item_ids), _LOOKUP_CHUNK):
-                    chunk = item_ids[start : start + _LOOKUP_CHUNK]
-                    sql = (
-                        f"SELECT {_COLUMNS} FROM entries WHERE item_id IN "
-                        f"({', '.join('?' * len(chunk))})"
-                    )
-                    rows = conn.execute(sql, chunk).fetchall()
-                    for entry in _to_entries(rows, path):
-                        assert entry is not None
-                        entry.session = 0  # another store's numbering
-                        known = found.get(entry.item_id)
-                        if known is None or (
-                            entry.state is EntryState.SUCCEEDED
-                            and known.state is not EntryState.SUCCEEDED
-                        ):
-                            found[entry.item_id] = entry
-            except sqlite3.Error as exc:
-                msg = f"Checkpoint shard {path}: lookup failed: {exc}"
-                raise CheckpointError(msg) from exc
+            for entry in reader.lookup(item_ids):
+                if entry is None:
+                    continue
+                entry.session = 0  # another store's numbering
+                known = found.get(entry.item_id)
+                if known is None or (
+                    entry.state is EntryState.SUCCEEDED and known.state is not EntryState.SUCCEEDED
+                ):
+                    found[entry.item_id] = entry
         return found
 
-    def _reader(self, path: Path) -> sqlite3.Connection | None:
-        """A read-only connection to another shard; ``None`` while it holds no store yet."""
-        conn = self._readers.get(path)
-        if conn is not None:
-            return conn
-        try:
-            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
-        except sqlite3.Error:
+    def _reader(self, path: Path) -> SQLiteCheckpointReader | None:
+        """A reader of another shard; ``None`` while it holds no store yet."""
+        reader = self._readers.get(path)
+        if reader is not None:
+            return reader
+        reader = SQLiteCheckpointReader._if_written(path)
+        if reader is None:
             return None  # created but not written yet: looked at again next time
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.close()
-                return None
-            if version != SCHEMA_VERSION:
+            meta = reader.meta()
+            stored_format = meta.get(FORMAT_KEY)
+            if stored_format not in (None, FORMAT):
                 msg = (
-                    f"Checkpoint shard {path} has schema version {version}; this version of "
-                    f"async-batch-llm reads {SCHEMA_VERSION}. Use a new checkpoint directory"
+                    f"Checkpoint shard {path} was written in format {stored_format!r}; this "
+                    f"version of async-batch-llm reads {FORMAT!r}. Use a new checkpoint "
+                    "directory"
                 )
                 raise CheckpointError(msg)
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.Error as exc:
-            conn.close()
-            msg = f"Checkpoint shard {path} cannot be read: {exc}"
-            raise CheckpointError(msg) from exc
+            if _int(meta.get(SESSION_KEY)) and meta.get(VERSION_KEY, "") != self._version:
+                msg = (
+                    f"The checkpoint shard {path} holds results of a run with "
+                    f"checkpoint_version={meta.get(VERSION_KEY) or None!r}; this run has "
+                    f"checkpoint_version={self._version or None!r}. Nothing was replayed. Use "
+                    "a new checkpoint directory, or the version those results were made with."
+                )
+                raise CheckpointMismatchError(msg)
         except BaseException:
-            conn.close()
+            reader.close()
             raise
-        stored_format = meta.get(FORMAT_KEY)
-        if stored_format not in (None, FORMAT):
-            conn.close()
-            msg = (
-                f"Checkpoint shard {path} was written in format {stored_format!r}; this "
-                f"version of async-batch-llm reads {FORMAT!r}. Use a new checkpoint directory"
-            )
-            raise CheckpointError(msg)
-        if _int(meta.get(SESSION_KEY)) and meta.get(VERSION_KEY, "") != self._version:
-            conn.close()
-            msg = (
-                f"The checkpoint shard {path} holds results of a run with "
-                f"checkpoint_version={meta.get(VERSION_KEY) or None!r}; this run has "
-                f"checkpoint_version={self._version or None!r}. Nothing was replayed. Use a "
-                "new checkpoint directory, or the version those results were made with."
-            )
-            raise CheckpointMismatchError(msg)
-        self._readers[path] = conn
-        return conn
+        self._readers[path] = reader
+        return reader
 
     def _close_readers(self) -> None:
         readers, self._readers = self._readers, {}
-        for conn in readers.values():
-            conn.close()
+        for reader in readers.values():
+            reader.close()
 
 
 def _int(value: str | None) -> int:
