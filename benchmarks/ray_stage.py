@@ -387,34 +387,34 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"LLMStage: {WORKERS_PER_ACTOR} workers per actor, limits: {budget}",
                 flush=True,
             )
+            stage_strategies = (
+                ("openai SDK", "sdk", sdk_strategy),
+                ("pydantic-ai", "pai", pydantic_ai_strategy),
+            )
             for number, scenario in enumerate(scenarios):
                 outcomes = [
                     measure(
                         "Ray HTTP processor (baseline)",
-                        lambda s=scenario: run_ray_http(s, sim, args.actors),
+                        functools.partial(run_ray_http, scenario, sim, args.actors),
                         scenario,
                         sim,
                         latency,
-                    ),
-                    measure(
-                        "LLMStage (openai SDK)",
-                        lambda s=scenario, n=number: run_llm_stage(
-                            s, sim, args.actors, sdk_strategy, redis_url, f"bench-sdk-{n}"
-                        ),
-                        scenario,
-                        sim,
-                        latency,
-                    ),
-                    measure(
-                        "LLMStage (pydantic-ai)",
-                        lambda s=scenario, n=number: run_llm_stage(
-                            s, sim, args.actors, pydantic_ai_strategy, redis_url, f"bench-pai-{n}"
-                        ),
-                        scenario,
-                        sim,
-                        latency,
-                    ),
+                    )
                 ]
+                for label, tag, factory in stage_strategies:
+                    namespace = f"bench-{tag}-{number}"
+                    run = functools.partial(
+                        run_llm_stage, scenario, sim, args.actors, factory, redis_url, namespace
+                    )
+                    outcomes.append(
+                        measure(
+                            f"LLMStage ({label})",
+                            run,
+                            scenario,
+                            sim,
+                            latency,
+                        )
+                    )
                 lines.extend(report(scenario, outcomes))
                 print(f"  {scenario.name}: done", flush=True)
     finally:
