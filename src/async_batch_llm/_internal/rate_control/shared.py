@@ -309,10 +309,10 @@ class SharedRates:
         )
 
     # -- outcomes (in the background: settling is synchronous) ------------------------------
+    # The controller reports here only the outcomes of tickets this budget admitted
+    # (``ticket.shared_at`` set), not those paced locally while the store was unavailable.
 
     def succeeded(self, ticket: Ticket, used_tokens: int | None) -> None:
-        if ticket.shared_at is None:
-            return
         tally = self._tally(ticket.scope)
         tally.successes += 1
         tally.duration += max(0.0, self._clock() - ticket.admitted_at)
@@ -320,8 +320,6 @@ class SharedRates:
             tally.extra_tokens += used_tokens - ticket.tokens
 
     def failed(self, ticket: Ticket, used_tokens: int | None) -> None:
-        if ticket.shared_at is None:
-            return
         tally = self._tally(ticket.scope)
         tally.failures += 1
         # What it booked and did not use goes back.
@@ -354,8 +352,6 @@ class SharedRates:
                 )
 
     def rate_limited(self, ticket: Ticket, retry_after: float | None) -> None:
-        if ticket.shared_at is None:
-            return
         s = self.settings
         hint = -1.0 if retry_after is None or retry_after < 0 else retry_after
         args = [
@@ -371,8 +367,6 @@ class SharedRates:
         self._send(ticket.scope, "rate_limited", args)
 
     def quota_exhausted(self, ticket: Ticket, reason: str | None) -> None:
-        if ticket.shared_at is None:
-            return
         self._send(ticket.scope, "exhaust", [self.budget.quota_seconds, (reason or "")[:200]])
 
     def limits_observed(self, state: ScopeController) -> None:
