@@ -106,8 +106,14 @@ class TestDefaults:
             "observer_timeout",
             "observer_drain_timeout",
             "cancellation_grace",
+            "mode",
+            "batch_deadline",
+            "batch_poll_interval",
+            "batch_max_poll_interval",
+            "batch_max_requests",
+            "batch_on_cancel",
         ]
-        # The hook bounds are keyword-only: the 0.7.2 positional order stays as it was.
+        # The hook bounds and batch settings are keyword-only: the 0.7.2 positional order stays as it was.
         assert [f.name for f in fields(ProcessorConfig) if f.kw_only] == [
             "hook_timeout",
             "prepare_timeout",
@@ -115,6 +121,12 @@ class TestDefaults:
             "observer_timeout",
             "observer_drain_timeout",
             "cancellation_grace",
+            "mode",
+            "batch_deadline",
+            "batch_poll_interval",
+            "batch_max_poll_interval",
+            "batch_max_requests",
+            "batch_on_cancel",
         ]
 
     def test_positional_construction(self) -> None:
@@ -630,3 +642,36 @@ def test_total_backoff_matches_the_documented_sum(
     """The closed-form backoff total equals sum(min(initial * base**i, cap)) over the retries."""
     expected = sum(min(initial * base**i, cap) for i in range(retries))
     assert _total_backoff(initial, cap, base, retries) == pytest.approx(expected)
+
+
+class TestBatchSettings:
+    """The batch-mode fields are checked like the others, with messages naming the field."""
+
+    def test_defaults(self) -> None:
+        cfg = ProcessorConfig()
+        assert cfg.mode == "online"
+        assert cfg.batch_deadline is None
+        assert cfg.batch_poll_interval == 30.0
+        assert cfg.batch_max_poll_interval == 600.0
+        assert cfg.batch_max_requests is None
+        assert cfg.batch_on_cancel == "auto"
+
+    @pytest.mark.parametrize(
+        ("field_name", "value", "message"),
+        [
+            ("mode", "offline", "mode must be one of 'online', 'batch', 'auto'"),
+            ("batch_on_cancel", "never", "batch_on_cancel must be one of"),
+            ("batch_deadline", 0, "batch_deadline must be > 0 or None"),
+            ("batch_poll_interval", -1.0, "batch_poll_interval must be > 0"),
+            ("batch_max_poll_interval", 0, "batch_max_poll_interval must be > 0"),
+            ("batch_max_requests", 0, "batch_max_requests must be a whole number >= 1"),
+            ("batch_max_requests", 2.5, "batch_max_requests must be a whole number >= 1"),
+        ],
+    )
+    def test_bad_values_are_refused(self, field_name: str, value: object, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            ProcessorConfig(**{field_name: value})  # type: ignore[arg-type]
+
+    def test_wrong_types_are_refused(self) -> None:
+        with pytest.raises(TypeError, match="batch_deadline must be an int, a float or None"):
+            ProcessorConfig(batch_deadline="1h")  # type: ignore[arg-type]

@@ -276,6 +276,7 @@ class TestWorkItemResult:
             "replayed",
             "attempts",
             "error_category",
+            "via",
         ]
 
 

@@ -27,6 +27,8 @@ from async_batch_llm.strategies.errors import TokenTrackingError
 if TYPE_CHECKING:
     from pydantic_ai import Agent
 
+    from async_batch_llm.batch.base import BatchAPI
+
 
 def __getattr__(name: str) -> Any:
     # ``Agent`` (pydantic-ai's, or ``typing.Any`` without it) is imported on first use:
@@ -123,6 +125,16 @@ class LLMCallStrategy(ABC, Generic[TOutput]):
         the strategy does not re-run everything. ``None`` (the default) identifies the
         strategy by its class only; the built-in strategies describe their model and
         settings.
+        """
+        return None
+
+    def batch_api(self) -> BatchAPI[TOutput] | None:
+        """The provider batch API this strategy's calls can go through, or ``None``.
+
+        Used with ``ProcessorConfig(mode="batch" | "auto")``: items of a strategy that
+        returns a `BatchAPI` are submitted as requests of provider batch jobs instead of
+        being called one by one. ``None`` (the default) keeps the strategy online (in
+        ``"auto"`` mode; ``"batch"`` mode refuses it). Called once per strategy object.
         """
         return None
 
@@ -297,6 +309,21 @@ class PydanticAIStrategy(LLMCallStrategy[TOutput]):
             "output_type": stable_value(getattr(agent, "output_type", None)),
             "instructions": fingerprint({"prompts": stable_value(prompts)}),
         }
+
+    def batch_api(self) -> BatchAPI[TOutput] | None:
+        """pydantic-ai's batch API for the agent's model, when a run is one request.
+
+        That is: the model has a batch API (pydantic-ai's ``OpenAIResponsesModel``,
+        ``AnthropicModel`` and ``GoogleModel`` do; ``OpenAIChatModel`` does not), the
+        agent's instructions and system prompts are fixed strings, it has no tools or
+        output validators, and its output type is ``str``, a pydantic model or a
+        ``StructuredDict``. Otherwise ``None``: the agent runs online.
+        """
+        if not self._is_pydantic_ai_agent:
+            return None
+        from async_batch_llm.batch.pydantic_ai import batch_api_for_agent
+
+        return batch_api_for_agent(self.agent)
 
     def estimate_input_tokens(self, prompt: str) -> int:
         """The prompt's estimated tokens alone (a `Budget` adds the expected output)."""

@@ -354,7 +354,7 @@ class ParallelBatchProcessor(
             self,
             sources,
             ordered=ordered,
-            window=window or default_window(self.config.max_workers),
+            window=window or default_window(self.config.max_workers, self.config.mode),
             total=total,
             clean_up_strategies=True,
         )
@@ -368,7 +368,7 @@ class ParallelBatchProcessor(
         With a checkpoint, stored results are replayed (``replayed=True``) and every new
         outcome is committed before it counts.
         """
-        if not self._uses_checkpoint():
+        if not self._uses_checkpoint() and (self.config.mode == "online" or self.config.dry_run):
             return await super().process_all()
         run = StreamRun(
             self,

@@ -45,6 +45,9 @@ VERSION_KEY: Final = "version"
 STRATEGIES_KEY: Final = "strategies"
 FORMAT_KEY: Final = "format"
 FORMAT: Final = "async-batch-llm/1"
+#: The usage key that marks an entry whose output came from a provider batch job (a count
+#: of 1, so that stores and pricing treat it like any other usage count they ignore).
+BATCH_USAGE_KEY: Final = "batch_requests"
 
 #: A decision for one item: the stored result to replay, or ``None`` to run it.
 Decision = tuple[int, Any, WorkItemResult[Any, Any] | None]
@@ -96,6 +99,8 @@ class CheckpointSession:
         self._opened = False
         # Prompt hash and fingerprint of each claimed item (by object), for its outcome.
         self._keys: dict[int, tuple[str, str]] = {}
+        #: The store's metadata when it was opened (batch job records among them).
+        self.meta: dict[str, str] = {}
 
     async def open(self) -> None:
         """Open the store and start a new session in it.
@@ -107,6 +112,7 @@ class CheckpointSession:
         reset = self.policy is ResumePolicy.NONE
         meta = await _guarded(self.store.open(reset=reset), self.label, "open")
         self._opened = True
+        self.meta = meta
         stored_format = meta.get(FORMAT_KEY)
         if stored_format not in (None, FORMAT):
             msg = (
@@ -221,6 +227,8 @@ class CheckpointSession:
             usage=dict(usage) if type(usage) is dict else {},
             attempts=result.attempts,
         )
+        if result.via == "batch":
+            entry.usage[BATCH_USAGE_KEY] = 1
         if result.success:
             entry.codec, entry.payload = encode_output(result.output)
         else:
@@ -228,6 +236,10 @@ class CheckpointSession:
             entry.error = result.error
             entry.category = result.error_category
         return entry
+
+    async def save_meta(self, meta: dict[str, str]) -> None:
+        """Write metadata keys (batch job records) durably."""
+        await _guarded(self.store.save_meta(meta), self.label, "save_meta")
 
     async def commit(
         self, outcomes: Sequence[CheckpointEntry], claims: Sequence[CheckpointEntry] = ()
@@ -286,11 +298,22 @@ class CheckpointSession:
             if output is UNSTORABLE:
                 return None
             usage: Any = dict(entry.usage)
+            via = "batch" if usage.pop(BATCH_USAGE_KEY, 0) else "online"
             return WorkItemResult(
-                item.item_id, True, output, None, item.context, usage, None, True, entry.attempts
+                item.item_id,
+                True,
+                output,
+                None,
+                item.context,
+                usage,
+                None,
+                True,
+                entry.attempts,
+                via=via,
             )
         if state is EntryState.FAILED and policy is ResumePolicy.REUSE_ALL:
             failed_usage: Any = dict(entry.usage)
+            failed_usage.pop(BATCH_USAGE_KEY, None)
             return WorkItemResult(
                 item.item_id,
                 False,

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from async_batch_llm._internal.admission import (
+    NO_PERMIT,
     Admission,
     Outcome,
     Permit,
@@ -52,6 +53,7 @@ from async_batch_llm.strategies.errors import (
 from async_batch_llm.token_extractor import TokenExtractor
 
 if TYPE_CHECKING:
+    from async_batch_llm._internal.batch_jobs import Answer
     from async_batch_llm._internal.event_dispatcher import EventDispatcher
     from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
     from async_batch_llm.base import LLMWorkItem
@@ -303,6 +305,47 @@ class ItemRunner:
         if not isinstance(outcome, Failed):
             return outcome
         return await self._retry(item, worker, strategy, state, outcome, raise_on_failure)
+
+    async def run_answered(
+        self, item: LLMWorkItem[Any, Any, Any], worker: WorkerContext, answer: Answer
+    ) -> WorkItemResult[Any, Any]:
+        """Finish `item` with what its provider batch job gave (`BatchJobs`).
+
+        A batch output goes through the same attempt as an online one (middleware, events,
+        usage checks) without a call; a request to run online runs the item as usual, its
+        batch request counted among the attempts.
+        """
+        if answer.online:
+            result = await self.run(item, worker)
+            result.attempts += answer.attempts
+            spent_in_batch: dict[str, int] = dict(answer.usage)  # type: ignore[arg-type]
+            if any(spent_in_batch.values()):
+                result.token_usage = merged_usage(result.token_usage, spent_in_batch)
+            return result
+        if answer.error is not None:
+            spent: dict[str, int] = dict(answer.usage)  # type: ignore[arg-type]
+            return await self.fail(
+                item,
+                answer.error,
+                spent,
+                worker,
+                attempts=answer.attempts,
+                category=answer.category,
+            )
+        answered = _Answered(answer)
+        outcome = await self.attempt(item, worker, answer.attempts, answered, None, NO_PERMIT)
+        if isinstance(outcome, Failed):
+            return await self.fail(
+                item,
+                outcome.error,
+                dict(answer.usage),  # type: ignore[arg-type]
+                worker,
+                attempts=answer.attempts,
+                category=outcome.info.error_category,
+            )
+        if outcome.success:
+            outcome.via = "batch"
+        return outcome
 
     async def _retry(
         self,
@@ -708,6 +751,20 @@ class ItemRunner:
 _CONFIGURATION_ERROR_ATTR: Final = "_async_batch_llm_configuration_error"
 #: Categories of permanent errors that concern the run, not the item.
 _NOT_ABOUT_THE_ITEM: Final = frozenset({QUOTA_EXHAUSTED_CATEGORY, "interrupted", "rate_limit"})
+
+
+class _Answered:
+    """Stands in for the strategy in an attempt whose output a batch job already gave."""
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+
+    async def execute(
+        self, prompt: str, attempt: int, timeout: float, state: RetryState | None = None
+    ) -> tuple[Any, Any]:
+        return self._answer.output, self._answer.usage
 
 
 def _configuration_error(error: Exception) -> Exception:

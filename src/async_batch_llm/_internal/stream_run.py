@@ -32,6 +32,7 @@ from async_batch_llm._internal.values import WorkItemResult
 from async_batch_llm.observers.base import ProcessingEvent
 
 if TYPE_CHECKING:
+    from async_batch_llm._internal.batch_jobs import Answer, BatchJobs
     from async_batch_llm._internal.checkpointing import Admitted, CheckpointSession
     from async_batch_llm._internal.worker_pool import WorkerPool
     from async_batch_llm.parallel import ParallelBatchProcessor
@@ -46,9 +47,17 @@ LOOKUP_BATCH: Final = 512
 WORKER_STOP_TIMEOUT: Final = 30.0
 
 
-def default_window(max_workers: int) -> int:
+#: Items a stream in batch mode keeps ahead of its consumer by default: the requests of
+#: a few large jobs, whose results only come when a job ends.
+BATCH_WINDOW: Final = 20_000
+
+
+def default_window(max_workers: int, mode: str = "online") -> int:
     """Items a stream keeps ahead of its consumer by default: enough to keep every worker
-    busy while results wait to be taken, and batches of store lookups large."""
+    busy while results wait to be taken, and batches of store lookups large; in batch
+    mode, enough for large jobs."""
+    if mode != "online":
+        return BATCH_WINDOW
     return max(4 * max_workers, 64)
 
 
@@ -204,6 +213,12 @@ class StreamRun:
         self._batch_started = False
         self._owns_processor = False
         self._generator: weakref.ref[Any] | None = None
+        # Provider batch jobs (mode "batch" / "auto"): their coordinator, the answers
+        # waiting for a worker (by item object), metadata writes waiting for the store.
+        self.batch: BatchJobs | None = None
+        self._answers: dict[int, Answer] = {}
+        self._meta_writes: list[tuple[dict[str, str], asyncio.Future[None]]] = []
+        self._intake_paused = False
 
     # -- the consumer --------------------------------------------------------------------
 
@@ -278,12 +293,13 @@ class StreamRun:
                 runner.publish_final = self._hold_event
         self._batch_started = True
         processor._publish_batch_started(self.total)
+        self.batch = self._batch_jobs()
         replays_run_on_workers = self.checkpoint is not None and self.post_processing
         self._pool = processor._make_pool(
             record=self._record,
             post=self._post,
             on_change=self._check_pool,
-            run=self._run_job if replays_run_on_workers else None,
+            run=self._run_job if replays_run_on_workers or self.batch is not None else None,
         )
         processor._pool = self._pool
         self._intake = asyncio.ensure_future(self._take_items())
@@ -293,8 +309,97 @@ class StreamRun:
     async def _run_job(self, item: Any, worker: Any) -> WorkItemResult[Any, Any]:
         if type(item) is ReplayJob:
             return item.result
-        result: WorkItemResult[Any, Any] = await self.processor._runner.run(item, worker)
+        runner = self.processor._runner
+        answer = self._answers.pop(id(item), None) if self._answers else None
+        if answer is not None:
+            return await runner.run_answered(item, worker, answer)
+        result: WorkItemResult[Any, Any] = await runner.run(item, worker)
         return result
+
+    # -- provider batch jobs ---------------------------------------------------------------
+
+    def _batch_jobs(self) -> BatchJobs | None:
+        processor = self.processor
+        config = processor.config
+        if config.mode == "online" or config.dry_run:
+            return None
+        from async_batch_llm._internal.batch_jobs import BatchJobs, read_job_records
+
+        checkpoint = self.checkpoint
+        dispatcher = processor._dispatcher
+
+        def publish(payload: dict[str, Any]) -> None:
+            if dispatcher.observers:
+                dispatcher.publish(ProcessingEvent.BATCH_JOB_UPDATED, payload)
+
+        return BatchJobs(
+            mode=config.mode,
+            config=config,
+            classify=processor._runner._classify,
+            prepare=processor._lifecycle.ensure_prepared,
+            deliver=self._deliver_answer,
+            save=self._save_meta if checkpoint is not None else None,
+            records=read_job_records(checkpoint.meta) if checkpoint is not None else {},
+            publish=publish,
+        )
+
+    def _route(self, item: Any, seq: int) -> None:
+        """Queue `item` for the workers, or take it into a provider batch job."""
+        batch = self.batch
+        if batch is not None:
+            api = batch.api_for(item.strategy)
+            if api is not None:
+                batch.add(item, seq, api)
+                return
+        self._queue_live(item, seq)
+
+    def _check_batchable(self, item: Any) -> None:
+        """In mode "batch", refuse an item whose strategy has no batch API."""
+        batch = self.batch
+        if batch is None or batch.mode != "batch" or batch.api_for(item.strategy) is not None:
+            return
+        msg = (
+            f"mode='batch', but {type(item.strategy).__name__} (item {item.item_id!r}) has no "
+            "batch API: its batch_api() returned None. Use mode='auto' to run such items "
+            "online, or a strategy whose model has a batch API"
+        )
+        raise ValueError(msg)
+
+    def _deliver_answer(self, item: Any, seq: int, answer: Answer) -> None:
+        self._answers[id(item)] = answer
+        self._queue_live(item, seq)
+        batch = self.batch
+        if batch is not None and batch.outstanding == 0:
+            self._close_queue_when_done()
+            self._store_wake.set()
+
+    def _update_batch_idle(self) -> None:
+        """Tell the batch jobs whether more items are coming right now."""
+        batch = self.batch
+        if batch is None:
+            return
+        idle = (self._intake_done or self._intake_paused) and not self._incoming
+        if idle != batch.intake_idle:
+            batch.intake_idle = idle
+            batch.nudge()
+
+    def _batch_idle(self) -> bool:
+        return self.batch is None or self.batch.outstanding == 0
+
+    def _close_queue_when_done(self) -> None:
+        if self.checkpoint is None and self._intake_done and self._batch_idle():
+            self.processor._queue.close()
+
+    async def _save_meta(self, meta: dict[str, str]) -> None:
+        """Write metadata keys through the store task (which owns the store) durably."""
+        task = self._store_task
+        if task is None or task.done() or self._draining:
+            msg = "The checkpoint store is closed: a batch job could not be recorded"
+            raise RuntimeError(msg)
+        done = asyncio.get_running_loop().create_future()
+        self._meta_writes.append((meta, done))
+        self._store_wake.set()
+        await done
 
     async def _finish(self) -> None:
         """Every result is out: let the workers stop and the last commits land."""
@@ -361,6 +466,8 @@ class StreamRun:
         grace = processor.config.cancellation_grace
         try:
             await self._stop_intake(grace)
+            if self.batch is not None:
+                await self.batch.close(cancel_jobs=self._cancels_batch_jobs(exit_error))
             if self._pool is not None:
                 await self._pool.cancel()
             # Items queued but never started: a rerun finds them claimed but unfinished.
@@ -386,6 +493,15 @@ class StreamRun:
                 finally:
                     if self.clean_up_strategies:
                         await processor._lifecycle.cleanup_all()
+
+    def _cancels_batch_jobs(self, exit_error: BaseException | None) -> bool:
+        batch = self.batch
+        if batch is None or batch.running_jobs == 0:
+            return False
+        policy = self.processor.config.batch_on_cancel
+        if policy == "auto":
+            return self.checkpoint is None
+        return policy == "cancel"
 
     async def _stop_intake(self, grace: float) -> None:
         task = self._intake
@@ -416,7 +532,7 @@ class StreamRun:
                     self._iterators.append(iterator)
                     while True:
                         if window.ahead >= window.size:
-                            await window.wait_for_room()
+                            await self._wait_for_room()
                         try:
                             item = await iterator.__anext__()
                         except StopAsyncIteration:
@@ -428,7 +544,7 @@ class StreamRun:
                     for item in iterator:
                         self._take(item)
                         if window.ahead >= window.size:
-                            await window.wait_for_room()
+                            await self._wait_for_room()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -437,14 +553,26 @@ class StreamRun:
         finally:
             self._intake_done = True
             if self.checkpoint is None:
-                self.processor._queue.close()
+                self._close_queue_when_done()
             else:
                 self._store_wake.set()
+            self._update_batch_idle()
             self._wake_consumer()
+
+    async def _wait_for_room(self) -> None:
+        self._intake_paused = True
+        self._update_batch_idle()
+        try:
+            await self.window.wait_for_room()
+        finally:
+            self._intake_paused = False
+            self._update_batch_idle()
 
     def _take(self, item: Any) -> None:
         processor = self.processor
         processor._check_stream_item(item)
+        if self.batch is not None:
+            self._check_batchable(item)
         seq = self._next_seq
         self._next_seq = seq + 1
         self.window.ahead += 1
@@ -454,6 +582,8 @@ class StreamRun:
         if self.checkpoint is not None:
             self._incoming.append((seq, item))
             self._store_wake.set()
+        elif self.batch is not None:
+            self._route(item, seq)
         else:
             self._queue_live(item, seq)
 
@@ -575,6 +705,9 @@ class StreamRun:
         queue_closed = False
         try:
             while True:
+                if self._meta_writes:
+                    await self._write_meta()
+                    continue
                 # New items are looked up first when the workers are running short of work;
                 # their claims then share one commit with the outcomes waiting for it.
                 admitted = None
@@ -595,11 +728,17 @@ class StreamRun:
                     self._published_committed(outcomes)
                 if admitted is not None:
                     self._apply(admitted)
+                    self._update_batch_idle()
                 if outcomes or admitted is not None:
                     continue
                 if self._draining:
                     return
-                if self._intake_done and not self._incoming and not queue_closed:
+                if (
+                    self._intake_done
+                    and not self._incoming
+                    and not queue_closed
+                    and self._batch_idle()
+                ):
                     queue_closed = True
                     queue.close()
                 wake.clear()
@@ -613,6 +752,28 @@ class StreamRun:
                 if committed is not None and not committed.done():
                     committed.set_result(False)
             self._outcomes.clear()
+            writes, self._meta_writes = self._meta_writes, []
+            for _, done in writes:
+                if not done.done():
+                    done.set_exception(RuntimeError("The checkpoint store stopped"))
+
+    async def _write_meta(self) -> None:
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
+        writes, self._meta_writes = self._meta_writes, []
+        merged: dict[str, str] = {}
+        for meta, _ in writes:
+            merged.update(meta)
+        try:
+            await checkpoint.save_meta(merged)
+        except BaseException as exc:
+            for _, done in writes:
+                if not done.done():
+                    done.set_exception(exc)
+            raise
+        for _, done in writes:
+            if not done.done():
+                done.set_result(None)
 
     def _published_committed(self, batch: list[tuple[Any, Any, Any, Any]]) -> None:
         count = self.processor._count_result
@@ -629,7 +790,7 @@ class StreamRun:
         """Queue the items to run (claimed now), publish the replays, stop at a duplicate."""
         for seq, item, replay in admitted.decisions:
             if replay is None:
-                self._queue_live(item, seq)
+                self._route(item, seq)
             elif self.post_processing:
                 self._queue_live(ReplayJob(item, replay, seq), seq)
             else:

@@ -144,6 +144,10 @@ class WorkItemResult(Generic[TOutput, TContext]):
     """What kind of failure ended the item (``None`` for a success), as the error classifier
     labels it: ``"rate_limit"``, ``"timeout"``, ``"validation_error"``, ``"quota_exhausted"``,
     ``"budget_exhausted"``, ``"skipped"``, ... Results built by middleware may leave it unset."""
+    via: str = "online"
+    """How the output was obtained: ``"online"`` (a call of the strategy) or ``"batch"`` (a
+    request of a provider batch job, ``ProcessorConfig(mode="batch" | "auto")``). A replayed
+    result keeps the way the run that made it obtained it."""
 
 
 for _public in (TokenUsage, RetryState, LLMResponse, WorkItemResult):

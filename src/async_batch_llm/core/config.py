@@ -95,6 +95,13 @@ def _apply(config: object, rules: Sequence[_Rule]) -> None:
             raise ValueError(msg)
 
 
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        listed = ", ".join(repr(choice) for choice in choices)
+        msg = f"{name} must be one of {listed}, got {value!r}"
+        raise ValueError(msg)
+
+
 def _check_instance(name: str, value: object, cls: type, example: str) -> None:
     if not isinstance(value, cls):
         msg = (
@@ -365,6 +372,28 @@ class ProcessorConfig:
     """Seconds a call or hook that was cancelled for overrunning its time bound gets to
     stop. One that ignores the cancellation for longer is abandoned: its item fails (or its
     hook counts as failed) and the batch goes on without it."""
+    mode: Literal["online", "batch", "auto"] = field(default="online", kw_only=True)
+    """How calls are made: ``"online"`` (one request per attempt), ``"batch"`` (as requests
+    of provider batch jobs, at the providers' batch prices; see `LLMCallStrategy.batch_api`)
+    or ``"auto"`` (batch first; a request that fails, expires or misses `batch_deadline` runs
+    online, through the normal retries and rate control)."""
+    batch_deadline: float | None = field(default=None, kw_only=True)
+    """Seconds after a job's submission by which it must have ended; a job still running
+    then is cancelled, and its unfinished requests run online (``"auto"``) or fail with
+    ``error_category="batch_deadline"`` (``"batch"``). ``None``: the provider's own window
+    (24 hours)."""
+    batch_poll_interval: float = field(default=30.0, kw_only=True)
+    """Seconds before a job is first checked; the interval grows by half after each check."""
+    batch_max_poll_interval: float = field(default=600.0, kw_only=True)
+    """The longest wait between two checks of a job."""
+    batch_max_requests: int | None = field(default=None, kw_only=True)
+    """The most requests in one job (the provider's own cap applies too); ``None``: the
+    provider's cap."""
+    batch_on_cancel: Literal["auto", "cancel", "keep"] = field(default="auto", kw_only=True)
+    """What happens to submitted jobs when the run is cancelled or interrupted: ``"keep"``
+    leaves them running for a rerun to collect (they are in the checkpoint), ``"cancel"``
+    cancels them at the provider; ``"auto"`` keeps them when a checkpoint records them and
+    cancels them otherwise (nothing could collect them)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -388,6 +417,9 @@ class ProcessorConfig:
         )
         self.rate_limit.validate()
         _apply(self, _HOOK_RULES)
+        _check_choice("mode", self.mode, ("online", "batch", "auto"))
+        _check_choice("batch_on_cancel", self.batch_on_cancel, ("auto", "cancel", "keep"))
+        _apply(self, _BATCH_RULES)
         self._warn_about_suspicious_values()
 
     def _warn_about_suspicious_values(self) -> None:
@@ -513,4 +545,26 @@ _HOOK_RULES: Final = (
     _seconds_rule("observer_timeout", "5.0"),
     _seconds_rule("observer_drain_timeout", "30.0"),
     _seconds_rule("cancellation_grace", "5.0"),
+)
+
+_BATCH_RULES: Final = (
+    _Rule(
+        "batch_deadline",
+        "optional number",
+        "batch_deadline must be > 0 or None",
+        _positive_or_none("batch_deadline"),
+        "pass the seconds a job may run, e.g. batch_deadline=3600, or None",
+    ),
+    _seconds_rule("batch_poll_interval", "30.0"),
+    _seconds_rule("batch_max_poll_interval", "600.0"),
+    _Rule(
+        "batch_max_requests",
+        "optional number",
+        "batch_max_requests must be a whole number >= 1 or None",
+        lambda c: (
+            c.batch_max_requests is None
+            or (float(c.batch_max_requests).is_integer() and c.batch_max_requests >= 1)
+        ),
+        "pass the most requests per job, e.g. batch_max_requests=10000, or None",
+    ),
 )

@@ -30,6 +30,10 @@ class ProcessingEvent(Enum):
     ``error``, ``policy``); once per outage and process."""
     SHARED_BUDGET_RESTORED = "shared_budget_restored"
     """The shared budget's Redis answers again (payload: ``store``, ``namespace``)."""
+    BATCH_JOB_UPDATED = "batch_job_updated"
+    """A provider batch job was submitted, resumed, or changed state (payload: ``job_id``,
+    ``provider``, ``model``, ``state``, ``provider_status``, ``request_count``, ``counts``,
+    ``submitted_at``, ``resumed``)."""
 
 
 class ProcessorObserver(ABC):

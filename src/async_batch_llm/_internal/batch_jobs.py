@@ -1,0 +1,591 @@
+"""Provider batch jobs of one run (``ProcessorConfig(mode="batch" | "auto")``).
+
+Items whose strategy has a batch API come here instead of to the workers. Their prompts
+are encoded and grouped by what a job's requests must share; a group is submitted as a job
+when it reaches the API's caps (requests or bytes), when the intake has nothing more for
+now, or when its oldest request has waited `LINGER` seconds. Each job is recorded in the
+checkpoint store *before* it is waited for, then polled with a growing interval until it
+ends; its results are decoded and each item's outcome is *delivered* back to the run,
+whose workers finish it like any other (middleware, events, commit, post-processor).
+
+A rerun finds the records: an item of a recorded job (same id and prompt) is attached to
+that job instead of being submitted again, so a crash or an interrupt never pays twice for
+a submitted request.
+
+Failures: in ``auto`` mode an item whose request did not succeed (an error, an expired or
+cancelled request, a job past ``batch_deadline``, a job that could not be submitted) is
+delivered to run online. In ``batch`` mode a request that was not run, or failed in a way
+the error classifier retries, is submitted again in a later job while the item has
+attempts left (``RetryConfig.max_attempts``); otherwise the item fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any, Final
+
+from async_batch_llm._internal.values import TokenUsage
+from async_batch_llm.batch.base import BatchAPI, BatchJob, BatchRequestNotRun, EncodedRequest
+from async_batch_llm.checkpoint._identity import prompt_hash
+
+__all__ = ["Answer", "BatchJobs", "JOB_RECORD_PREFIX", "read_job_records"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a group's oldest request waits for others before its job is submitted anyway.
+LINGER: Final = 2.0
+#: Seconds allowed for cancelling the provider jobs when a run stops.
+CANCEL_TIMEOUT: Final = 30.0
+#: Consecutive failed checks of a job before its requests are given up on.
+MAX_POLL_FAILURES: Final = 5
+#: Metadata keys of the job records in a checkpoint store.
+JOB_RECORD_PREFIX: Final = "batch_job:"
+#: Characters of the prompt hash kept in a job record (enough to tell an edited prompt).
+_HASH_CHARS: Final = 16
+
+
+class Answer:
+    """What a batch job gave for one item, for a worker to finish it with.
+
+    Exactly one of: an output (`succeeded`), an error to fail the item with, or `online`
+    (run the item online now).
+    """
+
+    __slots__ = ("attempts", "category", "error", "job_id", "online", "output", "usage")
+
+    def __init__(
+        self,
+        *,
+        output: Any = None,
+        usage: TokenUsage | None = None,
+        error: Exception | None = None,
+        category: str | None = None,
+        online: bool = False,
+        attempts: int = 1,
+        job_id: str | None = None,
+    ) -> None:
+        self.output = output
+        self.usage: TokenUsage = usage if usage is not None else _no_usage()
+        self.error = error
+        self.category = category
+        self.online = online
+        self.attempts = attempts
+        self.job_id = job_id
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None and not self.online
+
+
+class _Request:
+    """An item on its way through batch jobs."""
+
+    __slots__ = ("api", "attempts", "custom_id", "digest", "encoded", "item", "seq", "since")
+
+    def __init__(self, item: Any, seq: int, api: BatchAPI[Any]) -> None:
+        self.item = item
+        self.seq = seq
+        self.api = api
+        self.attempts = 0
+        self.custom_id = ""
+        self.encoded: EncodedRequest | None = None
+        self.digest = prompt_hash(item.prompt)[:_HASH_CHARS]
+        self.since = 0.0
+
+
+class _Job:
+    """A job being waited for: its handle, its API and its requests by custom id."""
+
+    __slots__ = ("api", "job", "members", "resumed", "task")
+
+    def __init__(self, job: BatchJob, api: BatchAPI[Any], *, resumed: bool) -> None:
+        self.job = job
+        self.api = api
+        self.members: dict[str, _Request] = {}
+        self.resumed = resumed
+        self.task: asyncio.Task[None] | None = None
+
+
+def read_job_records(meta: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The job records in a checkpoint store's metadata, by job id."""
+    records: dict[str, dict[str, Any]] = {}
+    for key, value in meta.items():
+        if not key.startswith(JOB_RECORD_PREFIX):
+            continue
+        try:
+            record = json.loads(value)
+            records[record["job"]["id"]] = record
+        except (ValueError, KeyError, TypeError):
+            logger.warning("Ignoring an unreadable batch job record %r in the checkpoint", key)
+    return records
+
+
+class BatchJobs:
+    """The batch jobs of one run; see the module docstring.
+
+    Args:
+        mode: ``"batch"`` or ``"auto"``.
+        config: The processor's config (poll intervals, deadline, caps, retries).
+        classify: The processor's error classification of an exception.
+        prepare: Prepares a strategy (once) before its first request is encoded.
+        deliver: Hands an item's `Answer` back to the run (with the item's input position).
+        save: Writes metadata keys to the checkpoint durably, or ``None`` without one.
+        records: The job records a previous run left in the checkpoint.
+        publish: Publishes an event to the observers.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        config: Any,
+        classify: Callable[[Exception], Any],
+        prepare: Callable[[Any], Awaitable[None]],
+        deliver: Callable[[Any, int, Answer], None],
+        save: Callable[[dict[str, str]], Awaitable[None]] | None,
+        records: dict[str, dict[str, Any]],
+        publish: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.mode = mode
+        self.config = config
+        self._classify = classify
+        self._prepare = prepare
+        self._deliver = deliver
+        self._save = save
+        self._publish = publish
+        self._apis: dict[int, tuple[Any, BatchAPI[Any] | None]] = {}
+        self._incoming: list[_Request] = []
+        self._groups: dict[str, list[_Request]] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._records = records
+        # item id -> (job id, custom id, prompt digest), the latest job for each item.
+        self._resumable: dict[str, tuple[str, str, str]] = {}
+        for job_id, record in sorted(records.items(), key=lambda kv: _submitted(kv[1])):
+            for custom_id, item_id, digest in record.get("members", ()):
+                self._resumable[item_id] = (job_id, custom_id, digest)
+        self._next_id = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.outstanding = 0
+        #: Set by the run when no more items will come for now (the source is exhausted or
+        #: the window is full): groups are submitted without waiting for more.
+        self.intake_idle = False
+        self.resumed_requests = 0
+        self.submitted_jobs = 0
+
+    # -- intake ------------------------------------------------------------------------
+
+    def api_for(self, strategy: Any) -> BatchAPI[Any] | None:
+        """The strategy's batch API (asked once per strategy object)."""
+        known = self._apis.get(id(strategy))
+        if known is not None:
+            return known[1]
+        hook = getattr(strategy, "batch_api", None)
+        api = hook() if callable(hook) else None
+        if api is not None and not isinstance(api, BatchAPI):
+            msg = (
+                f"{type(strategy).__name__}.batch_api() must return a BatchAPI or None, "
+                f"got {type(api).__name__}"
+            )
+            raise TypeError(msg)
+        self._apis[id(strategy)] = (strategy, api)
+        return api
+
+    def add(self, item: Any, seq: int, api: BatchAPI[Any]) -> None:
+        """Take `item` (the `seq`-th of the run) into the batch path."""
+        self.outstanding += 1
+        self._incoming.append(_Request(item, seq, api))
+        self._start()
+        self._wake.set()
+
+    def nudge(self) -> None:
+        """The intake's state changed (see `intake_idle`)."""
+        self._wake.set()
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+            self._task.add_done_callback(self._loop_done)
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("The batch job loop failed", exc_info=task.exception())
+            self._fail_everything(task.exception())  # type: ignore[arg-type]
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        wake = self._wake
+        while True:
+            if self._incoming:
+                incoming, self._incoming = self._incoming, []
+                for request in incoming:
+                    await self._take(request)
+            timeout = await self._submit_ready()
+            if self._incoming:
+                continue
+            wake.clear()
+            if timeout is None:
+                await wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
+
+    async def _take(self, request: _Request) -> None:
+        item = request.item
+        resumable = self._resumable.pop(str(item.item_id), None)
+        if resumable is not None and self._attach(request, *resumable):
+            return
+        try:
+            await self._prepare(item.strategy)
+            self._next_id += 1
+            request.custom_id = f"r{self._next_id}"
+            request.encoded = await request.api.encode(request.custom_id, item.prompt)
+        except Exception as exc:
+            self._failed(request, exc, submitted=False)
+            return
+        self._queue_for_job(request)
+
+    def _queue_for_job(self, request: _Request) -> None:
+        request.since = time.monotonic()
+        key = f"{request.api.provider}\x00{request.api.group}"
+        self._groups.setdefault(key, []).append(request)
+
+    def _attach(self, request: _Request, job_id: str, custom_id: str, digest: str) -> bool:
+        """Attach `request` to the recorded job that already holds it, when its prompt is
+        unchanged; start waiting for that job."""
+        if digest != request.digest:
+            return False
+        job = self._jobs.get(job_id)
+        if job is None:
+            record = self._records.get(job_id)
+            if record is None:
+                return False
+            try:
+                handle = BatchJob(**record["job"])
+            except TypeError:
+                return False
+            job = self._jobs[job_id] = _Job(handle, request.api, resumed=True)
+            self._announce(job)
+            job.task = asyncio.ensure_future(self._wait_for(job))
+        request.custom_id = custom_id
+        request.attempts = int(self._records.get(job_id, {}).get("attempts", 1))
+        job.members[custom_id] = request
+        self.resumed_requests += 1
+        return True
+
+    async def _submit_ready(self) -> float | None:
+        """Submit the groups that are ready; return when the next one will be (seconds)."""
+        now = time.monotonic()
+        next_due: float | None = None
+        for key in list(self._groups):
+            waiting = self._groups[key]
+            while waiting:
+                api = waiting[0].api
+                chunk = _take_chunk(waiting, api, self.config.batch_max_requests)
+                full = len(chunk) < len(waiting) or len(chunk) >= _cap(api, self.config)
+                due = waiting[0].since + LINGER
+                if not (full or self.intake_idle or now >= due):
+                    next_due = due - now if next_due is None else min(next_due, due - now)
+                    break
+                del waiting[: len(chunk)]
+                await self._submit(api, chunk)
+            if not waiting:
+                self._groups.pop(key, None)
+        return next_due
+
+    async def _submit(self, api: BatchAPI[Any], chunk: list[_Request]) -> None:
+        for request in chunk:
+            request.attempts += 1
+        try:
+            encoded = [request.encoded for request in chunk]
+            submitted = await api.submit(encoded)  # type: ignore[arg-type]
+        except Exception as exc:
+            logger.warning(
+                "Submitting a batch job of %d %s requests failed: %s",
+                len(chunk),
+                api.provider,
+                exc,
+            )
+            for request in chunk:
+                self._failed(request, exc, submitted=True)
+            return
+        job = _Job(submitted, api, resumed=False)
+        for request in chunk:
+            job.members[request.custom_id] = request
+        self._jobs[submitted.id] = job
+        self.submitted_jobs += 1
+        try:
+            await self._record(job)
+        except Exception as exc:
+            # Not durable: a rerun could not find the job, so it must not run on unseen.
+            logger.error("Recording batch job %s failed; cancelling it: %s", submitted.id, exc)
+            await self._cancel_job(job)
+            self._jobs.pop(submitted.id, None)
+            for request in chunk:
+                self._hand_over(request, Answer(error=exc, category="batch_error"))
+            return
+        self._announce(job)
+        job.task = asyncio.ensure_future(self._wait_for(job))
+
+    async def _record(self, job: _Job) -> None:
+        if self._save is None:
+            return
+        members = [
+            [custom_id, str(request.item.item_id), request.digest]
+            for custom_id, request in job.members.items()
+        ]
+        attempts = max((request.attempts for request in job.members.values()), default=1)
+        record = {"job": asdict(job.job), "members": members, "attempts": attempts}
+        self._records[job.job.id] = record
+        await self._save({JOB_RECORD_PREFIX + job.job.id: json.dumps(record)})
+
+    async def _save_state(self, job: _Job) -> None:
+        """Update the job's record with its state (for ``abl status``)."""
+        record = self._records.get(job.job.id)
+        if self._save is None or record is None:
+            return
+        record["job"] = asdict(job.job)
+        try:
+            await self._save({JOB_RECORD_PREFIX + job.job.id: json.dumps(record)})
+        except Exception as exc:
+            logger.warning("Updating the record of batch job %s failed: %s", job.job.id, exc)
+
+    def _announce(self, job: _Job) -> None:
+        handle = job.job
+        self._publish(
+            {
+                "job_id": handle.id,
+                "provider": handle.provider,
+                "model": handle.model,
+                "state": handle.state,
+                "provider_status": handle.provider_status,
+                "request_count": handle.request_count,
+                "counts": dict(handle.counts),
+                "submitted_at": handle.submitted_at,
+                "resumed": job.resumed,
+            }
+        )
+
+    # -- waiting for a job -----------------------------------------------------------------
+
+    async def _wait_for(self, job: _Job) -> None:
+        config = self.config
+        interval = float(config.batch_poll_interval)
+        deadline = config.batch_deadline
+        failures = 0
+        cancelled_for_deadline = False
+        first = True
+        while job.job.state != "ended":
+            wait = 0.0 if first and job.resumed else interval
+            if deadline is not None and not cancelled_for_deadline:
+                wait = min(wait, max(0.0, job.job.submitted_at + deadline - time.time()))
+            first = False
+            await asyncio.sleep(wait)
+            if (
+                deadline is not None
+                and not cancelled_for_deadline
+                and time.time() >= job.job.submitted_at + deadline
+            ):
+                cancelled_for_deadline = True
+                logger.warning(
+                    "Batch job %s did not end within batch_deadline=%ss; cancelling it",
+                    job.job.id,
+                    deadline,
+                )
+                await self._cancel_job(job)
+                interval = float(config.batch_poll_interval)
+                continue
+            try:
+                refreshed = await job.api.refresh(job.job)
+            except Exception as exc:
+                failures += 1
+                logger.warning("Checking batch job %s failed: %s", job.job.id, exc)
+                if failures >= MAX_POLL_FAILURES:
+                    self._give_up_on(job, exc)
+                    return
+                interval = min(interval * 1.5, float(config.batch_max_poll_interval))
+                continue
+            failures = 0
+            changed = (refreshed.state, refreshed.provider_status, refreshed.counts) != (
+                job.job.state,
+                job.job.provider_status,
+                job.job.counts,
+            )
+            job.job = refreshed
+            if changed:
+                await self._save_state(job)
+                self._announce(job)
+            interval = min(interval * 1.5, float(config.batch_max_poll_interval))
+        await self._collect(job, past_deadline=cancelled_for_deadline)
+
+    async def _collect(self, job: _Job, *, past_deadline: bool) -> None:
+        try:
+            results = await job.api.results(job.job)
+        except Exception as exc:
+            logger.warning("Reading the results of batch job %s failed: %s", job.job.id, exc)
+            self._give_up_on(job, exc)
+            return
+        by_id = {result.custom_id: result for result in results}
+        self._jobs.pop(job.job.id, None)
+        for custom_id, request in job.members.items():
+            result = by_id.get(custom_id)
+            if result is None:
+                error: Exception = BatchRequestNotRun(
+                    f"Batch job {job.job.id} ended without a result for the request",
+                    status="missing",
+                )
+                self._failed(request, error, submitted=True, past_deadline=past_deadline)
+                continue
+            try:
+                output, usage = request.api.decode(result, request.item.prompt)
+            except Exception as exc:
+                self._failed(request, exc, submitted=True, past_deadline=past_deadline)
+                continue
+            self._hand_over(request, Answer(output=output, usage=usage, job_id=job.job.id))
+        self._wake.set()
+
+    def _give_up_on(self, job: _Job, error: Exception) -> None:
+        self._jobs.pop(job.job.id, None)
+        for request in job.members.values():
+            self._failed(request, error, submitted=True, resubmit=False)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _failed(
+        self,
+        request: _Request,
+        error: Exception,
+        *,
+        submitted: bool,
+        past_deadline: bool = False,
+        resubmit: bool = True,
+    ) -> None:
+        usage = _failed_usage(error)
+        if self.mode == "auto":
+            self._hand_over(request, Answer(online=True, usage=usage, attempts=request.attempts))
+            return
+        not_run = isinstance(error, BatchRequestNotRun)
+        if past_deadline and not_run:
+            self._hand_over(
+                request,
+                Answer(error=error, category="batch_deadline", attempts=request.attempts),
+            )
+            return
+        info = self._classify(error)
+        again = not_run or info.is_retryable or info.is_rate_limit
+        if (
+            resubmit
+            and again
+            and request.encoded is not None
+            and request.attempts < self.config.retry.max_attempts
+        ):
+            self._queue_for_job(request)
+            self._wake.set()
+            return
+        category = "batch_expired" if not_run else info.error_category
+        self._hand_over(
+            request,
+            Answer(error=error, category=category, usage=usage, attempts=request.attempts),
+        )
+
+    def _hand_over(self, request: _Request, answer: Answer) -> None:
+        self.outstanding -= 1
+        if answer.succeeded:
+            answer.attempts = max(request.attempts, 1)
+        self._deliver(request.item, request.seq, answer)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        exc = error if isinstance(error, Exception) else RuntimeError(str(error))
+        pending = [*self._incoming, *(r for group in self._groups.values() for r in group)]
+        self._incoming.clear()
+        self._groups.clear()
+        for request in pending:
+            self._hand_over(request, Answer(error=exc, category="batch_error"))
+
+    # -- the end -----------------------------------------------------------------------------
+
+    async def close(self, *, cancel_jobs: bool) -> None:
+        """Stop waiting; with `cancel_jobs`, cancel the unfinished jobs at the provider."""
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        if self._task is not None:
+            tasks.append(self._task)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
+        if cancel_jobs:
+            running = [job for job in self._jobs.values() if job.job.state != "ended"]
+            if running:
+                await asyncio.wait(
+                    [asyncio.ensure_future(self._cancel_job(job)) for job in running],
+                    timeout=CANCEL_TIMEOUT,
+                )
+        self._jobs.clear()
+
+    @property
+    def running_jobs(self) -> int:
+        """Jobs submitted (or resumed) whose results have not been collected."""
+        return len(self._jobs)
+
+    async def _cancel_job(self, job: _Job) -> None:
+        try:
+            job.job = await job.api.cancel(job.job)
+        except Exception as exc:
+            logger.warning("Cancelling batch job %s failed: %s", job.job.id, exc)
+            return
+        await self._save_state(job)
+        self._announce(job)
+
+
+def _cap(api: BatchAPI[Any], config: Any) -> int:
+    cap = int(api.max_requests)
+    if config.batch_max_requests is not None:
+        cap = min(cap, int(config.batch_max_requests))
+    return max(cap, 1)
+
+
+def _take_chunk(
+    waiting: list[_Request], api: BatchAPI[Any], max_requests: int | None
+) -> list[_Request]:
+    """The first requests of `waiting` that fit in one job (by count and bytes)."""
+    cap = int(api.max_requests)
+    if max_requests is not None:
+        cap = min(cap, int(max_requests))
+    limit = api.max_bytes
+    chunk: list[_Request] = []
+    size = 0
+    for request in waiting:
+        if len(chunk) >= cap:
+            break
+        assert request.encoded is not None
+        adds = request.encoded.size
+        if limit is not None and chunk and size + adds > limit:
+            break
+        chunk.append(request)
+        size += adds
+    return chunk
+
+
+def _submitted(record: dict[str, Any]) -> float:
+    try:
+        return float(record["job"]["submitted_at"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def _failed_usage(error: Exception) -> TokenUsage:
+    from async_batch_llm.token_extractor import TokenExtractor
+
+    usage: Any = TokenExtractor().extract_from_exception(error)
+    return usage  # type: ignore[no-any-return]
+
+
+def _no_usage() -> TokenUsage:
+    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}

@@ -1,0 +1,225 @@
+"""The batch engine's decisions, against an in-process provider (`fake_provider`)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.batch.fake_provider import BatchableStrategy, FakeProvider
+from tests.support import RecordingObserver, fast_config
+
+from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessingEvent
+from async_batch_llm.cli._model import HTTPStatusClassifier
+
+
+def _config(**overrides: Any) -> Any:
+    overrides.setdefault("batch_poll_interval", 0.001)
+    overrides.setdefault("batch_max_poll_interval", 0.002)
+    return fast_config(**overrides)
+
+
+def _items(strategy: Any, count: int) -> list[LLMWorkItem[str, str, Any]]:
+    return [LLMWorkItem(item_id=f"i{n}", strategy=strategy, prompt=f"p{n}") for n in range(count)]
+
+
+async def _run(config: Any, items: list[Any], **kwargs: Any) -> Any:
+    processor = ParallelBatchProcessor[str, str, Any](config=config, **kwargs)
+    async with processor:
+        for item in items:
+            await processor.add_work(item)
+        return await processor.process_all()
+
+
+def _by_id(result: Any) -> dict[str, Any]:
+    return {r.item_id: r for r in result.results}
+
+
+async def test_batch_mode_gives_every_item_one_result_from_a_job() -> None:
+    provider = FakeProvider()
+    strategy = BatchableStrategy(provider)
+    result = await _run(_config(mode="batch"), _items(strategy, 25))
+    assert result.succeeded == 25
+    assert {r.output for r in result.results} == {f"batch:p{n}" for n in range(25)}
+    assert all(r.via == "batch" and r.attempts == 1 for r in result.results)
+    assert provider.submitted == 1
+    assert strategy.online_calls == []
+    assert result.total_input_tokens == 250
+
+
+async def test_jobs_are_split_by_request_count_and_bytes() -> None:
+    provider = FakeProvider(max_requests=10, max_bytes=60)
+    strategy = BatchableStrategy(provider)
+    result = await _run(_config(mode="batch"), _items(strategy, 23))
+    assert result.succeeded == 23
+    # 60 bytes hold four or five requests of 12-13 bytes, under the 10-request cap, and
+    # each job is filled up to the bytes before the next starts.
+    assert [sum(r.size for r in job.requests) for job in provider.jobs.values()] == [
+        60,
+        60,
+        52,
+        52,
+        52,
+        13,
+    ]
+    assert sum(len(job.requests) for job in provider.jobs.values()) == 23
+
+    capped = FakeProvider()
+    result = await _run(
+        _config(mode="batch", batch_max_requests=7), _items(BatchableStrategy(capped), 20)
+    )
+    assert result.succeeded == 20
+    assert sorted(len(job.requests) for job in capped.jobs.values()) == [6, 7, 7]
+
+
+async def test_auto_mode_runs_failed_and_unrun_requests_online() -> None:
+    provider = FakeProvider(
+        outcomes={
+            "p0": "expired",
+            "p1": "canceled",
+            "p2": "error500",
+            "p3": "error400",
+            "p4": "missing",
+        }
+    )
+    strategy = BatchableStrategy(provider)
+    result = await _run(_config(mode="auto"), _items(strategy, 8))
+    by_id = _by_id(result)
+    assert result.succeeded == 8
+    for n in range(5):
+        assert by_id[f"i{n}"].output == f"online:p{n}"
+        assert by_id[f"i{n}"].via == "online"
+        assert by_id[f"i{n}"].attempts == 2  # the batch request, then one online call
+    for n in range(5, 8):
+        assert by_id[f"i{n}"].via == "batch"
+    assert sorted(strategy.online_calls) == [f"p{n}" for n in range(5)]
+
+
+async def test_batch_mode_resubmits_what_may_succeed_and_fails_the_rest() -> None:
+    provider = FakeProvider(outcomes={"p0": "expired", "p1": "error500", "p2": "error400"})
+    strategy = BatchableStrategy(provider)
+    result = await _run(
+        _config(mode="batch"), _items(strategy, 4), error_classifier=HTTPStatusClassifier()
+    )
+    by_id = _by_id(result)
+    assert by_id["i3"].success
+    # Expired and 5xx requests were submitted again, up to max_attempts=3, then failed.
+    assert by_id["i0"].error_category == "batch_expired"
+    assert by_id["i0"].attempts == 3
+    assert not by_id["i1"].success
+    assert by_id["i1"].attempts == 3
+    # A permanent error is not submitted again.
+    assert not by_id["i2"].success
+    assert by_id["i2"].attempts == 1
+    assert provider.submitted == 3
+    assert strategy.online_calls == []
+
+
+async def test_a_job_past_the_deadline_is_cancelled_and_runs_online_in_auto_mode() -> None:
+    provider = FakeProvider(never_end=True)
+    strategy = BatchableStrategy(provider)
+    result = await _run(_config(mode="auto", batch_deadline=0.05), _items(strategy, 5))
+    assert result.succeeded == 5
+    assert all(r.via == "online" for r in result.results)
+    assert provider.cancelled == ["job-1"]
+
+
+async def test_a_job_past_the_deadline_fails_its_items_in_batch_mode() -> None:
+    provider = FakeProvider(never_end=True)
+    strategy = BatchableStrategy(provider)
+    result = await _run(_config(mode="batch", batch_deadline=0.05), _items(strategy, 3))
+    assert result.failed == 3
+    assert {r.error_category for r in result.results} == {"batch_deadline"}
+    assert provider.cancelled == ["job-1"]
+
+
+async def test_batch_mode_refuses_a_strategy_without_a_batch_api() -> None:
+    items = _items(BatchableStrategy(None), 2)
+    with pytest.raises(ValueError, match="has no batch API"):
+        await _run(_config(mode="batch"), items)
+
+
+async def test_auto_mode_runs_a_strategy_without_a_batch_api_online() -> None:
+    strategy = BatchableStrategy(None)
+    result = await _run(_config(mode="auto"), _items(strategy, 3))
+    assert result.succeeded == 3
+    assert len(strategy.online_calls) == 3
+
+
+async def test_a_failed_submission_falls_back_online_in_auto_mode() -> None:
+    provider = FakeProvider(fail_submit=1)
+    strategy = BatchableStrategy(provider)
+    result = await _run(_config(mode="auto"), _items(strategy, 3))
+    assert result.succeeded == 3
+    assert len(strategy.online_calls) == 3
+
+
+async def test_jobs_are_published_to_observers() -> None:
+    provider = FakeProvider(checks_to_end=2)
+    observer = RecordingObserver()
+    await _run(_config(mode="batch"), _items(BatchableStrategy(provider), 3), observers=[observer])
+    updates = observer.of(ProcessingEvent.BATCH_JOB_UPDATED)
+    assert updates[0]["state"] == "in_progress"
+    assert updates[0]["request_count"] == 3
+    assert updates[-1]["state"] == "ended"
+
+
+async def test_a_rerun_resumes_the_recorded_job_instead_of_submitting_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.sqlite"
+    provider = FakeProvider(never_end=True)
+    strategy = BatchableStrategy(provider)
+    items = _items(strategy, 6)
+    processor = ParallelBatchProcessor[str, str, Any](config=_config(mode="batch"), checkpoint=path)
+    seen: list[Any] = []
+
+    async def consume() -> None:
+        async with processor:
+            async for result in processor.stream(items):
+                seen.append(result)
+
+    task = asyncio.ensure_future(consume())
+    for _ in range(2):
+        provider.checked.clear()
+        await provider.checked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == []
+    # With a checkpoint, the job is kept for the rerun (batch_on_cancel="auto").
+    assert provider.cancelled == []
+
+    provider.never_end = False
+    rerun = BatchableStrategy(provider)
+    result = await _run(_config(mode="batch"), _items(rerun, 6), checkpoint=path)
+    assert result.succeeded == 6
+    assert provider.submitted == 1  # the same job, polled again
+    assert all(r.via == "batch" for r in result.results)
+
+    # Committed: a third run replays, and the replay keeps how the outputs were obtained.
+    again = await _run(
+        _config(mode="batch"), _items(BatchableStrategy(provider), 6), checkpoint=path
+    )
+    assert all(r.replayed and r.via == "batch" for r in again.results)
+    assert provider.submitted == 1
+
+
+async def test_cancelling_without_a_checkpoint_cancels_the_jobs() -> None:
+    provider = FakeProvider(never_end=True)
+    items = _items(BatchableStrategy(provider), 4)
+    processor = ParallelBatchProcessor[str, str, Any](config=_config(mode="batch"))
+
+    async def run() -> None:
+        async with processor:
+            for item in items:
+                await processor.add_work(item)
+            await processor.process_all()
+
+    task = asyncio.ensure_future(run())
+    await provider.checked.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert provider.cancelled == ["job-1"]
