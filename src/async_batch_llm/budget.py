@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
+from async_batch_llm._internal.values import BATCH_USAGE_KEY
+
 __all__ = ["Budget", "BudgetExhaustedError", "CostFunction"]
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,12 @@ class Budget:
         max_total_tokens: The most tokens (input plus output) the calls may use.
         cost: Prices one call's usage; ``None`` from it means the call cannot be priced,
             and then no call is admitted (the budget fails closed). Required with
-            `max_total_cost` unless `model` is given.
+            `max_total_cost` unless `model` is given. The usage of a request made through a
+            provider batch job carries ``"batch_requests": 1``, for a function that prices
+            those at batch rates.
         model: A model name as pydantic-ai spells it (``"openai:gpt-4o-mini"``) to price
-            usage with genai-prices (`async_batch_llm.pricing`), instead of `cost`.
+            usage with genai-prices (`async_batch_llm.pricing`), instead of `cost`. Requests
+            made through a provider batch job are priced at the model's batch prices.
         output_tokens_estimate: Output tokens to assume per call until calls have reported
             their usage (then their mean is used).
 
@@ -124,6 +129,9 @@ class Budget:
                 )
                 raise ValueError(msg)
             cost = pricer.price
+            batch_cost: CostFunction | None = Pricer(model, batch=True).price
+        else:
+            batch_cost = cost
         if self.max_total_cost is not None and cost is None:
             msg = (
                 "A Budget with max_total_cost needs a way to price calls: pass "
@@ -135,6 +143,7 @@ class Budget:
             msg = f"output_tokens_estimate must be an int >= 0, got {output_tokens_estimate!r}"
             raise ValueError(msg)
         self.cost = cost
+        self.batch_cost = batch_cost
         self.output_tokens_estimate = output_tokens_estimate
         #: What the settled calls used.
         self.spent_tokens = 0
@@ -168,8 +177,9 @@ class Budget:
             return None
         return self.max_total_tokens - self.spent_tokens
 
-    def estimate(self, input_tokens: int) -> tuple[int, Decimal | None]:
-        """Tokens and cost reserved for a call whose prompt is about `input_tokens` long."""
+    def estimate(self, input_tokens: int, *, batch: bool = False) -> tuple[int, Decimal | None]:
+        """Tokens and cost reserved for a call whose prompt is about `input_tokens` long
+        (`batch`: a request of a provider batch job)."""
         if self._calls:
             output = -(-self._output_seen // self._calls)  # the mean, rounded up
         else:
@@ -178,17 +188,20 @@ class Budget:
         if self.max_total_cost is None or self.cost is None:
             return tokens, Decimal(0)
         usage = {"input_tokens": input_tokens, "output_tokens": output, "total_tokens": tokens}
+        if batch:
+            usage[BATCH_USAGE_KEY] = 1
         return tokens, self._price(usage)
 
-    def try_reserve(self, input_tokens: int) -> Reservation | None:
-        """Reserve room for one call now, or ``None`` when it must wait for running calls.
+    def try_reserve(self, input_tokens: int, *, batch: bool = False) -> Reservation | None:
+        """Reserve room for one call now, or ``None`` when it must wait for running calls
+        (`batch`: a request of a provider batch job, priced at batch rates).
 
         Raises:
             BudgetExhaustedError: It does not fit and nothing is running.
         """
         if self._exhausted:
             raise self._error()
-        tokens, cost = self.estimate(input_tokens)
+        tokens, cost = self.estimate(input_tokens, batch=batch)
         if cost is None:
             self._exhaust("a call's estimated usage cannot be priced")
             raise self._error()
@@ -259,6 +272,13 @@ class Budget:
         if changed is not None:
             changed.set()
 
+    def charge(self, usage: Mapping[str, Any]) -> None:
+        """Count spending nothing was reserved for: the results of a batch job an earlier
+        run submitted, which this run collects."""
+        reservation = Reservation(0, Decimal(0))
+        self._in_flight += 1
+        self.settle(reservation, usage)
+
     def _fits(self, tokens: int, cost: Decimal) -> bool:
         if (
             self.max_total_tokens is not None
@@ -271,9 +291,10 @@ class Budget:
         )
 
     def _price(self, usage: Mapping[str, Any]) -> Decimal | None:
-        assert self.cost is not None
+        price = self.batch_cost if usage.get(BATCH_USAGE_KEY) else self.cost
+        assert price is not None
         try:
-            value: object = self.cost(usage)
+            value: object = price(usage)
         except Exception:
             logger.warning("The budget's cost function raised; the call is unpriced", exc_info=True)
             return None

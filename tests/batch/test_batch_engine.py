@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.batch.fake_provider import BatchableStrategy, FakeProvider
+from tests.batch.fake_provider import USAGE, BatchableStrategy, FakeProvider
 from tests.support import RecordingObserver, fast_config
 
-from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessingEvent
+from async_batch_llm import Budget, LLMWorkItem, ParallelBatchProcessor, ProcessingEvent
 from async_batch_llm.cli._model import HTTPStatusClassifier
+from async_batch_llm.pricing import Pricer
 
 
 def _config(**overrides: Any) -> Any:
@@ -223,3 +225,30 @@ async def test_cancelling_without_a_checkpoint_cancels_the_jobs() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert provider.cancelled == ["job-1"]
+
+
+async def test_the_budget_admits_batch_requests_by_their_estimate_and_counts_their_usage() -> None:
+    provider = FakeProvider()
+    # Each request is estimated at 1 prompt token + 5 output tokens: 5 of them fit in 30.
+    budget = Budget(max_total_tokens=30, output_tokens_estimate=5)
+    result = await _run(
+        _config(mode="batch"), _items(BatchableStrategy(provider), 10), budget=budget
+    )
+    assert result.succeeded == 5
+    assert {r.error_category for r in result.results if not r.success} == {"budget_exhausted"}
+    assert sum(len(job.requests) for job in provider.jobs.values()) == 5
+    assert budget.spent_tokens == 5 * 15
+
+
+async def test_a_cost_budget_prices_batch_results_at_batch_rates() -> None:
+    budget = Budget(max_total_cost=Decimal(10), model="openai:gpt-4o-mini")
+    result = await _run(
+        _config(mode="batch"), _items(BatchableStrategy(FakeProvider()), 4), budget=budget
+    )
+    assert result.succeeded == 4
+    batch_price = Pricer("openai:gpt-4o-mini", batch=True).price(USAGE)
+    online_price = Pricer("openai:gpt-4o-mini").price(USAGE)
+    assert batch_price is not None
+    assert online_price is not None
+    assert budget.spent_cost == 4 * batch_price
+    assert batch_price < online_price

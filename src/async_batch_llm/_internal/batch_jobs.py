@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Final
 
-from async_batch_llm._internal.values import TokenUsage
+from async_batch_llm._internal.values import BATCH_USAGE_KEY, TokenUsage
 from async_batch_llm.batch.base import BatchAPI, BatchJob, BatchRequestNotRun, EncodedRequest
 from async_batch_llm.checkpoint._identity import prompt_hash
 
@@ -86,7 +86,17 @@ class Answer:
 class _Request:
     """An item on its way through batch jobs."""
 
-    __slots__ = ("api", "attempts", "custom_id", "digest", "encoded", "item", "seq", "since")
+    __slots__ = (
+        "api",
+        "attempts",
+        "custom_id",
+        "digest",
+        "encoded",
+        "item",
+        "reservation",
+        "seq",
+        "since",
+    )
 
     def __init__(self, item: Any, seq: int, api: BatchAPI[Any]) -> None:
         self.item = item
@@ -97,6 +107,7 @@ class _Request:
         self.encoded: EncodedRequest | None = None
         self.digest = prompt_hash(item.prompt)[:_HASH_CHARS]
         self.since = 0.0
+        self.reservation: Any = None  # the budget's, while the request is in a job
 
 
 class _Job:
@@ -138,6 +149,8 @@ class BatchJobs:
         save: Writes metadata keys to the checkpoint durably, or ``None`` without one.
         records: The job records a previous run left in the checkpoint.
         publish: Publishes an event to the observers.
+        budget: The processor's `Budget`: each request reserves its estimate (at batch
+            prices) before it is submitted, and settles with its usage.
     """
 
     def __init__(
@@ -151,6 +164,7 @@ class BatchJobs:
         save: Callable[[dict[str, str]], Awaitable[None]] | None,
         records: dict[str, dict[str, Any]],
         publish: Callable[[dict[str, Any]], None],
+        budget: Any = None,
     ) -> None:
         self.mode = mode
         self.config = config
@@ -159,6 +173,7 @@ class BatchJobs:
         self._deliver = deliver
         self._save = save
         self._publish = publish
+        self._budget = budget
         self._apis: dict[int, tuple[Any, BatchAPI[Any] | None]] = {}
         self._incoming: list[_Request] = []
         self._groups: dict[str, list[_Request]] = {}
@@ -301,6 +316,10 @@ class BatchJobs:
         return next_due
 
     async def _submit(self, api: BatchAPI[Any], chunk: list[_Request]) -> None:
+        if self._budget is not None:
+            chunk = self._reserve(chunk)
+            if not chunk:
+                return
         for request in chunk:
             request.attempts += 1
         try:
@@ -333,6 +352,55 @@ class BatchJobs:
             return
         self._announce(job)
         job.task = asyncio.ensure_future(self._wait_for(job))
+
+    def _reserve(self, chunk: list[_Request]) -> list[_Request]:
+        """The requests of `chunk` the budget has room for; the others end now."""
+        from async_batch_llm._internal.admission import estimate_tokens
+        from async_batch_llm.budget import BudgetExhaustedError
+
+        budget = self._budget
+        admitted = []
+        for request in chunk:
+            strategy = request.item.strategy
+            hook = (
+                "estimate_input_tokens"
+                if hasattr(strategy, "estimate_input_tokens")
+                else "estimate_tokens"
+            )
+            tokens = estimate_tokens(strategy, request.item.prompt, hook)
+            error: Exception | None = None
+            try:
+                request.reservation = budget.try_reserve(tokens, batch=True)
+            except BudgetExhaustedError as exc:
+                error = exc
+            if request.reservation is not None:
+                admitted.append(request)
+                continue
+            if self.mode == "auto":
+                self._hand_over(request, Answer(online=True, attempts=request.attempts))
+                continue
+            if error is None:
+                error = BudgetExhaustedError(
+                    "budget exhausted: no room left for the batch request's estimate"
+                )
+            self._hand_over(
+                request,
+                Answer(error=error, category="budget_exhausted", attempts=request.attempts),
+            )
+        return admitted
+
+    def _settle(self, request: _Request, usage: TokenUsage | None) -> None:
+        budget = self._budget
+        if budget is None:
+            return
+        priced: dict[str, Any] | None = None
+        if usage and any(usage.values()):
+            priced = {**usage, BATCH_USAGE_KEY: 1}
+        reservation, request.reservation = request.reservation, None
+        if reservation is not None:
+            budget.settle(reservation, priced)
+        elif priced is not None:
+            budget.charge(priced)
 
     async def _record(self, job: _Job) -> None:
         if self._save is None:
@@ -486,6 +554,7 @@ class BatchJobs:
             and request.encoded is not None
             and request.attempts < self.config.retry.max_attempts
         ):
+            self._settle(request, usage)
             self._queue_for_job(request)
             self._wake.set()
             return
@@ -496,6 +565,7 @@ class BatchJobs:
         )
 
     def _hand_over(self, request: _Request, answer: Answer) -> None:
+        self._settle(request, answer.usage)
         self.outstanding -= 1
         if answer.succeeded:
             answer.attempts = max(request.attempts, 1)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
-from async_batch_llm._internal.values import WorkItemResult
+from async_batch_llm._internal.values import BATCH_USAGE_KEY, WorkItemResult
 from async_batch_llm.checkpoint._codec import UNSTORABLE, decode_output, encode_output
 from async_batch_llm.checkpoint._identity import describe_strategy, fingerprint, prompt_hash
 from async_batch_llm.checkpoint.base import (
@@ -45,9 +45,6 @@ VERSION_KEY: Final = "version"
 STRATEGIES_KEY: Final = "strategies"
 FORMAT_KEY: Final = "format"
 FORMAT: Final = "async-batch-llm/1"
-#: The usage key that marks an entry whose output came from a provider batch job (a count
-#: of 1, so that stores and pricing treat it like any other usage count they ignore).
-BATCH_USAGE_KEY: Final = "batch_requests"
 
 #: A decision for one item: the stored result to replay, or ``None`` to run it.
 Decision = tuple[int, Any, WorkItemResult[Any, Any] | None]

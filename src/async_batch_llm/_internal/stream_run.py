@@ -341,6 +341,7 @@ class StreamRun:
             save=self._save_meta if checkpoint is not None else None,
             records=read_job_records(checkpoint.meta) if checkpoint is not None else {},
             publish=publish,
+            budget=processor.budget,
         )
 
     def _route(self, item: Any, seq: int) -> None:

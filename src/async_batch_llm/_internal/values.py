@@ -8,7 +8,7 @@ each is re-exported at its public home, ``async_batch_llm.base``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Final, Generic, TypedDict, TypeVar
 
 __all__ = [
     "LLMResponse",
@@ -35,6 +35,11 @@ class TokenUsage(TypedDict, total=False):
     output_tokens: int
     total_tokens: int
     cached_input_tokens: int
+
+
+#: The usage key that marks a request made through a provider batch job (a count of 1):
+#: pricing and cost functions price it at batch rates, and a checkpoint entry keeps it.
+BATCH_USAGE_KEY: Final = "batch_requests"
 
 
 @dataclass
