@@ -202,6 +202,19 @@ class GeminiStrategy(LLMCallStrategy[TOutput]):
             model=model_name.removeprefix("models/"),
         )
 
+    def batch_api(self) -> BatchAPI[TOutput] | None:
+        """Gemini Batch Mode (inline requests) for a `GeminiModel` on a google-genai
+        client; ``None`` for other models (a cached model's requests stay online)."""
+        from async_batch_llm.models import GeminiModel, _is_genai_client
+
+        model = self.model
+        if type(model) is not GeminiModel or not _is_genai_client(model._client):
+            return None
+        from async_batch_llm.batch.gemini import GeminiBatchAPI
+
+        config = model.batch_request_config(temperature=self.temperature)
+        return GeminiBatchAPI(model._client, model._model, config, self.response_parser)
+
     def checkpoint_identity(self) -> object:
         """The model's identity (its ``checkpoint_identity()``, else its class), the
         temperature and the parser's qualified name."""

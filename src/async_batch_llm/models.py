@@ -234,6 +234,16 @@ async def _generate(
     response = await client.aio.models.generate_content(
         model=model, contents=contents, config=call_config
     )
+    return response_of(model, response)
+
+
+def response_of(model: str, response: Any) -> LLMResponse:
+    """A ``GenerateContentResponse`` of `model` as an `LLMResponse` (online or from a batch).
+
+    Raises:
+        ValueError: The response has no text (with the finish reason and safety ratings);
+            it carries the tokens that were billed.
+    """
     input_tokens, output_tokens, total_tokens, cached_tokens = _extract_tokens(response)
     metadata = _extract_metadata(response)
     text = response.text
@@ -326,6 +336,16 @@ class GeminiModel:
         if config:
             call_config.update(config)
         return await _generate(self._client, self._model, prompt, call_config)
+
+    def batch_request_config(self, *, temperature: float) -> dict[str, Any]:
+        """The request config an online call would send, for a batch request (which takes
+        no HTTP options)."""
+        call_config: dict[str, Any] = {"temperature": temperature}
+        if self._default_system_instruction is not None:
+            call_config["system_instruction"] = self._default_system_instruction
+        if self._safety_settings:
+            call_config["safety_settings"] = self._safety_settings
+        return call_config
 
     def checkpoint_identity(self) -> dict[str, Any]:
         """Provider, model, default system instruction and safety settings (for checkpoints)."""

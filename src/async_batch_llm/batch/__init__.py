@@ -4,7 +4,8 @@ Switch it on with ``ProcessorConfig(mode="batch")`` (every item through batch jo
 ``mode="auto"`` (batch first, online for what fails, expires or misses
 ``batch_deadline``). A strategy takes part through `LLMCallStrategy.batch_api`:
 `PydanticAIStrategy` returns a `PydanticAIBatchAPI` for models with a batch API
-(OpenAI Responses, Anthropic, Google); implement `BatchAPI` for your own.
+(OpenAI Responses, Anthropic, Google), `GeminiStrategy` a `GeminiBatchAPI`; implement
+`BatchAPI` for your own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from async_batch_llm.batch.base import (
     RequestResult,
     ResultStatus,
 )
+from async_batch_llm.batch.gemini import GeminiBatchAPI
 from async_batch_llm.batch.pydantic_ai import PydanticAIBatchAPI, batch_api_for_agent
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "BatchJob",
     "BatchRequestNotRun",
     "EncodedRequest",
+    "GeminiBatchAPI",
     "JobState",
     "PydanticAIBatchAPI",
     "RequestResult",

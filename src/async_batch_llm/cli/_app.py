@@ -95,6 +95,27 @@ def cli() -> None:
 @click.option("--limit", type=click.IntRange(min=0), metavar="N", help="only the first N lines")
 @click.option("--dry-run", is_flag=True, help="check the input and estimate; call nothing")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0)
+@click.option(
+    "--mode",
+    type=click.Choice(["online", "batch", "auto"]),
+    default="online",
+    show_default=True,
+    help="online calls, provider batch jobs (half price, up to a day), or batch then online",
+)
+@click.option(
+    "--batch-deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="cancel a job still running this long after submission (auto: run the rest online)",
+)
+@click.option(
+    "--batch-poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="first wait before checking a batch job (it grows by half per check)",
+)
 @click.option("--no-progress", is_flag=True, help="no progress display")
 @click.option("-q", "--quiet", is_flag=True, help="no progress and no summary")
 @click.option("--summary-json", type=click.Path(dir_okay=False), help="write the summary here")
@@ -122,6 +143,9 @@ def run_command(input_path: str, output_path: str | None, **kwargs: Any) -> None
         quiet=kwargs["quiet"],
         summary_json=kwargs["summary_json"],
         timeout=kwargs["timeout"],
+        mode=kwargs["mode"],
+        batch_deadline=kwargs["batch_deadline"],
+        batch_poll_interval=kwargs["batch_poll_interval"],
         argv=sys.argv[1:],
     )
     try:
@@ -158,6 +182,15 @@ def status_command(state: str, as_json: bool) -> None:
     )
     click.echo(f"model: {info['model']}; {info['runs']} run(s); last writer: {info['writer']}")
     click.echo(f"input: {info['input']}; output: {info['output']}")
+    jobs = info["batch_jobs"]
+    if jobs:
+        click.echo(f"batch jobs: {len(jobs)}")
+        for job in jobs:
+            counts = ", ".join(f"{n} {name}" for name, n in sorted(job["counts"].items()))
+            click.echo(
+                f"  {job['id']} ({job['provider']}:{job['model']}): {job['provider_status']}, "
+                f"{job['requests']:,} request(s)" + (f" ({counts})" if counts else "")
+            )
 
 
 @cli.command("export")

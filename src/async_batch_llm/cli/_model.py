@@ -137,8 +137,14 @@ def model_settings(options: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def build_model(spec: ModelSpec, base_url: str | None, settings: Mapping[str, Any]) -> Any:
-    """The pydantic-ai model for `spec`, talking to `base_url` when given."""
+def build_model(
+    spec: ModelSpec, base_url: str | None, settings: Mapping[str, Any], *, batch: bool = False
+) -> Any:
+    """The pydantic-ai model for `spec`, talking to `base_url` when given.
+
+    With `batch` (``--mode batch|auto``), OpenAI models use the Responses API, whose
+    pydantic-ai model has a batch API (the chat-completions one does not).
+    """
     key = os.environ.get(PROVIDERS[spec.provider])
     if key is None and base_url is None:
         msg = (
@@ -148,12 +154,11 @@ def build_model(spec: ModelSpec, base_url: str | None, settings: Mapping[str, An
         raise UsageError(msg)
     api_key = key or _NO_KEY
     if spec.provider == "openai":
-        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
         from pydantic_ai.providers.openai import OpenAIProvider
 
-        return OpenAIChatModel(
-            spec.name, provider=OpenAIProvider(base_url=base_url, api_key=api_key)
-        )
+        model_class = OpenAIResponsesModel if batch else OpenAIChatModel
+        return model_class(spec.name, provider=OpenAIProvider(base_url=base_url, api_key=api_key))
     if spec.provider == "anthropic":
         from pydantic_ai.models.anthropic import AnthropicModel
         from pydantic_ai.providers.anthropic import AnthropicProvider
@@ -203,33 +208,33 @@ class ChatStrategy(PydanticAIStrategy[Any]):
             return await self._request(system, turns, options)
         return await self._run_agent(system, turns, options)
 
+    def batch_api(self) -> Any:
+        """pydantic-ai's batch API for the model (``--mode batch|auto``): each line is one
+        request, its messages and options as an online call would send them."""
+        model = self._model
+        if getattr(model, "batch_max_requests", None) is None:
+            return None
+        from async_batch_llm.batch.pydantic_ai import PydanticAIBatchAPI
+
+        def messages_for(prompt: str) -> tuple[list[Any], dict[str, Any] | None]:
+            messages, options = parse_request(prompt)
+            system = "\n\n".join(m.content for m in messages if m.role == "system") or None
+            turns: list[ChatMessage] = [m for m in messages if m.role != "system"]
+            settings = {**self._settings, **model_settings(options)}
+            return _history(system, turns), settings or None
+
+        output_type = getattr(self.agent, "output_type", str)
+        return PydanticAIBatchAPI(model, messages_for, output_type=output_type)
+
     async def _request(
         self, system: str | None, turns: list[ChatMessage], options: Mapping[str, Any]
     ) -> Any:
         # Text output needs no agent: one request through pydantic-ai's direct API skips the
         # agent graph, which costs more CPU per call than the HTTP request itself.
         from pydantic_ai.direct import model_request
-        from pydantic_ai.messages import (
-            ModelRequest,
-            ModelResponse,
-            SystemPromptPart,
-            TextPart,
-            UserPromptPart,
-        )
+        from pydantic_ai.messages import TextPart
 
-        history: list[Any] = []
-        if system is not None:
-            history.append(ModelRequest(parts=[SystemPromptPart(content=system)]))
-        for message in turns:
-            if message.role == "assistant":
-                history.append(ModelResponse(parts=[TextPart(content=message.content)]))
-            elif history and isinstance(history[-1], ModelRequest):
-                # The system prompt and the first user message are one request.
-                history[-1] = ModelRequest(
-                    parts=[*history[-1].parts, UserPromptPart(content=message.content)]
-                )
-            else:
-                history.append(ModelRequest(parts=[UserPromptPart(content=message.content)]))
+        history = _history(system, turns)
         settings: Any = {**self._settings, **model_settings(options), "max_retries": 0}
         response = await model_request(self._model, history, model_settings=settings)
         text = "".join(part.content for part in response.parts if isinstance(part, TextPart))
@@ -262,19 +267,46 @@ class ChatStrategy(PydanticAIStrategy[Any]):
         return {"model": str(self.spec), "agent": identity, "schema": self.schema}
 
 
+def _history(system: str | None, turns: list[ChatMessage]) -> list[Any]:
+    """The pydantic-ai messages of a chat request: the system prompt and the first user
+    message are one request, assistant turns are responses."""
+    from pydantic_ai.messages import (
+        ModelRequest,
+        ModelResponse,
+        SystemPromptPart,
+        TextPart,
+        UserPromptPart,
+    )
+
+    history: list[Any] = []
+    if system is not None:
+        history.append(ModelRequest(parts=[SystemPromptPart(content=system)]))
+    for message in turns:
+        if message.role == "assistant":
+            history.append(ModelResponse(parts=[TextPart(content=message.content)]))
+        elif history and isinstance(history[-1], ModelRequest):
+            history[-1] = ModelRequest(
+                parts=[*history[-1].parts, UserPromptPart(content=message.content)]
+            )
+        else:
+            history.append(ModelRequest(parts=[UserPromptPart(content=message.content)]))
+    return history
+
+
 def build_strategy(
     spec: ModelSpec,
     *,
     base_url: str | None,
     options: Mapping[str, Any],
     schema: dict[str, Any] | None,
+    batch: bool = False,
 ) -> ChatStrategy:
-    """The strategy every line of a run uses."""
+    """The strategy every line of a run uses (`batch`: for ``--mode batch|auto``)."""
     from pydantic_ai import Agent
     from pydantic_ai.output import StructuredDict
 
     settings: Any = model_settings(options) or None
-    model = build_model(spec, base_url, settings or {})
+    model = build_model(spec, base_url, settings or {}, batch=batch)
     try:
         output_type: Any = str
         if schema is not None:

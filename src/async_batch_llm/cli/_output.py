@@ -48,12 +48,14 @@ def output_line(
     model: str,
     replayed: bool,
     metadata: Any,
+    via: str = "online",
 ) -> str:
     """One output line (with its newline).
 
-    ``cost_usd`` is written as a JSON number with the exact digits of the `Decimal` (read
-    it with ``json.loads(line, parse_float=decimal.Decimal)`` to keep them), or ``null``
-    when the model has no known price.
+    ``via`` is ``"batch"`` for an output from a provider batch job (priced at batch
+    rates), else ``"online"``. ``cost_usd`` is written as a JSON number with the exact
+    digits of the `Decimal` (read it with ``json.loads(line, parse_float=decimal.Decimal)``
+    to keep them), or ``null`` when the model has no known price.
     """
     head = _encode(
         {
@@ -65,7 +67,7 @@ def output_line(
             "attempts": attempts,
         }
     )
-    tail = _encode({"model": model, "replayed": replayed, "metadata": metadata})
+    tail = _encode({"model": model, "via": via, "replayed": replayed, "metadata": metadata})
     price = "null" if cost is None else format(cost, "f")
     return f'{head[:-1]},"cost_usd":{price},{tail[1:]}\n'
 

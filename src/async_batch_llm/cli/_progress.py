@@ -31,6 +31,16 @@ class Counters:
     unpriced: int = 0
     started: float = field(default_factory=time.monotonic)
     rate_limits: Any = None  # a callable returning the 429s so far
+    jobs: dict[str, str] = field(default_factory=dict)
+    """Provider batch jobs by id: submitted, in progress, completed, expired, ..."""
+    via_batch: int = 0
+    batch_saved: Decimal = field(default_factory=Decimal)
+
+    def jobs_by_state(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for state in self.jobs.values():
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -39,11 +49,15 @@ class Counters:
         left = self.total - self.done
         eta = f"{left / speed:,.0f}s" if speed > 0 and left > 0 else "-"
         hits = self.rate_limits() if self.rate_limits is not None else 0
-        return (
+        line = (
             f"{self.done:,}/{self.total:,} done · {self.ok:,} ok · {self.failed:,} failed · "
             f"{self.replayed:,} replayed · {speed:,.1f} items/s · ETA {eta} · {hits:,} 429s · "
             f"${self.cost:.4f}"
         )
+        if self.jobs:
+            states = ", ".join(f"{n} {s}" for s, n in sorted(self.jobs_by_state().items()))
+            line += f" · jobs: {states}"
+        return line
 
 
 class Progress:

@@ -35,6 +35,7 @@ from async_batch_llm.cli._model import (
 )
 from async_batch_llm.cli._output import OutputWriter, error_parts, output_line
 from async_batch_llm.cli._progress import Counters, Progress
+from async_batch_llm.observers.base import BaseObserver, ProcessingEvent
 
 __all__ = ["ExitCode", "RunOptions", "run"]
 
@@ -90,6 +91,9 @@ class RunOptions:
     quiet: bool = False
     summary_json: str | None = None
     timeout: float = 120.0
+    mode: str = "online"
+    batch_deadline: float | None = None
+    batch_poll_interval: float = 30.0
     argv: Sequence[str] = ()
 
 
@@ -137,6 +141,56 @@ class _Interrupt:
                 self.on_first()
         elif self.task is not None:
             self.task.cancel()
+
+
+def _pricing(pricer: Any, batch_pricer: Any) -> Any:
+    """The budget's cost function: batch requests at batch prices."""
+    from async_batch_llm._internal.values import BATCH_USAGE_KEY
+
+    def price(usage: Mapping[str, int]) -> Decimal | None:
+        chosen = batch_pricer if usage.get(BATCH_USAGE_KEY) else pricer
+        result: Decimal | None = chosen.price(usage)
+        return result
+
+    return price
+
+
+class JobWatcher(BaseObserver):
+    """Follows the run's provider batch jobs for the progress line."""
+
+    def __init__(self, counters: Counters, progress: Progress) -> None:
+        self.counters = counters
+        self.progress = progress
+
+    async def on_event(self, event: ProcessingEvent, data: dict[str, Any]) -> None:
+        if event is not ProcessingEvent.BATCH_JOB_UPDATED:
+            return
+        job_id = str(data.get("job_id"))
+        known = job_id in self.counters.jobs
+        self.counters.jobs[job_id] = _job_label(data)
+        if not known:
+            how = "resumed" if data.get("resumed") else "submitted"
+            self.progress.print(
+                f"batch job {job_id} {how}: {data.get('request_count', 0):,} request(s) "
+                f"to {data.get('provider')}:{data.get('model')}"
+            )
+
+
+def _job_label(data: dict[str, Any]) -> str:
+    """submitted, in progress, completed, expired, cancelled or failed."""
+    status = str(data.get("provider_status") or "").lower()
+    for word in ("expired", "cancel", "fail", "partially", "succeeded", "completed", "ended"):
+        if word in status:
+            return {
+                "cancel": "cancelled",
+                "fail": "failed",
+                "partially": "completed",
+                "succeeded": "completed",
+                "ended": "completed",
+            }.get(word, word)
+    if data.get("state") == "ended":
+        return "completed"
+    return "in progress" if data.get("counts") or "progress" in status else "submitted"
 
 
 def _print(text: str, *, quiet: bool = False) -> None:
@@ -298,20 +352,25 @@ async def _run(
     from async_batch_llm.pricing import Pricer, price_data_version
     from async_batch_llm.rate_control import AdaptiveRateLimitStrategy
 
+    batch = options.mode != "online"
     strategy: ChatStrategy = build_strategy(
-        spec, base_url=options.base_url, options=options.options, schema=schema
+        spec, base_url=options.base_url, options=options.options, schema=schema, batch=batch
     )
+    if options.mode == "batch" and strategy.batch_api() is None:
+        msg = f"--mode batch: {spec} has no batch API in pydantic-ai; use --mode auto or online"
+        raise UsageError(msg)
     state = default_state(options)
     input_path = options.input
     model_name = str(spec)
     pricer = Pricer(model_name)
+    batch_pricer = Pricer(model_name, batch=True)
     budget = None
     if options.max_cost is not None or options.max_tokens_total is not None:
         expected_output = options.options.get("max_tokens")
         budget = Budget(
             max_total_cost=options.max_cost,
             max_total_tokens=options.max_tokens_total,
-            cost=pricer.price if pricer.known else None,
+            cost=_pricing(pricer, batch_pricer) if pricer.known else None,
             output_tokens_estimate=expected_output
             if isinstance(expected_output, int) and expected_output >= 0
             else DEFAULT_OUTPUT_TOKENS_ESTIMATE,
@@ -336,6 +395,10 @@ async def _run(
         max_workers=options.concurrency,
         timeout_per_item=options.timeout,
         retry=RetryConfig(max_attempts=3),
+        mode=options.mode,  # type: ignore[arg-type]
+        batch_deadline=options.batch_deadline,
+        batch_poll_interval=options.batch_poll_interval,
+        batch_max_poll_interval=max(options.batch_poll_interval, 600.0),
     )
     rate = AdaptiveRateLimitStrategy(rpm=options.rpm, tpm=options.tpm)
     counters = Counters(total=total)
@@ -366,6 +429,7 @@ async def _run(
 
     processor: Any = ParallelBatchProcessor(
         config=config,
+        observers=[JobWatcher(counters, progress)] if batch else [],
         rate_limit_strategy=rate,
         error_classifier=HTTPStatusClassifier(),
         checkpoint=checkpoint,
@@ -376,6 +440,11 @@ async def _run(
 
     def stop_gracefully() -> None:
         processor.drain()
+        if batch and interrupt.task is not None:
+            # Submitted jobs are in the state file: a rerun collects them, nothing waits.
+            progress.print("Stopping: the batch jobs keep running; rerun to collect them ...")
+            interrupt.task.cancel()
+            return
         progress.print("Stopping: finishing the calls in flight (Ctrl-C again to cancel them) ...")
 
     interrupt.on_first = stop_gracefully
@@ -401,7 +470,16 @@ async def _run(
                 else:
                     error = error_parts(result.error, category)
                 usage: Any = result.token_usage
-                cost = pricer.price(usage) if pricer.known else None
+                via_batch = result.via == "batch"
+                cost = None
+                if pricer.known:
+                    cost = (batch_pricer if via_batch else pricer).price(usage)
+                if via_batch and not result.replayed and cost is not None:
+                    online_cost = pricer.price(usage)
+                    if online_cost is not None:
+                        counters.batch_saved += online_cost - cost
+                if via_batch:
+                    counters.via_batch += 1
                 counters.done += 1
                 if result.replayed:
                     counters.replayed += 1
@@ -434,6 +512,7 @@ async def _run(
                         model=model_name,
                         replayed=result.replayed,
                         metadata=record.metadata,
+                        via=result.via,
                     )
                 )
     except asyncio.CancelledError:
@@ -483,6 +562,10 @@ async def _run(
         "unpriced_items": counters.unpriced,
         "prices": price_data_version(),
         "rate_limits": processor._stats.rate_limit_count,
+        "mode": options.mode,
+        "via_batch": counters.via_batch,
+        "batch_jobs": dict(counters.jobs_by_state()),
+        "batch_saved_usd": format(counters.batch_saved, "f"),
         "model": model_name,
         "output": options.output or "-",
         "state": state,
@@ -508,6 +591,12 @@ def _summarize(summary: dict[str, Any], options: RunOptions, exit_code: int) -> 
         f"${Decimal(summary['cost_usd_all_runs']):.4f} for all results "
         f"({summary['unpriced_items']:,} unpriced; prices: {summary['prices']})",
     ]
+    if summary["mode"] != "online":
+        jobs = ", ".join(f"{n} {state}" for state, n in sorted(summary["batch_jobs"].items()))
+        lines.append(
+            f"batch: {summary['via_batch']:,} result(s) from batch jobs ({jobs or 'no jobs'}); "
+            f"${Decimal(summary['batch_saved_usd']):.4f} saved against online prices"
+        )
     if exit_code in (ExitCode.INTERRUPTED, ExitCode.BUDGET):
         why = "interrupted" if exit_code == ExitCode.INTERRUPTED else "stopped by the budget"
         command = shlex.join(["abl", *options.argv]) if options.argv else "the same command"

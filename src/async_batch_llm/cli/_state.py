@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+from async_batch_llm._internal.values import BATCH_USAGE_KEY
 from async_batch_llm.checkpoint import CheckpointEntry, EntryState, SQLiteCheckpointReader
 from async_batch_llm.checkpoint._codec import UNSTORABLE, decode_output
 from async_batch_llm.cli._output import OutputWriter, error_parts, output_line
@@ -22,8 +23,38 @@ def _model(reader: SQLiteCheckpointReader) -> str:
     return reader.meta().get(META_MODEL, "unknown")
 
 
+def _entry_price(entry: CheckpointEntry, pricer: Any, batch_pricer: Any) -> Decimal | None:
+    if not pricer.known:
+        return None
+    chosen = batch_pricer if entry.usage.get(BATCH_USAGE_KEY) else pricer
+    price: Decimal | None = chosen.price(entry.usage)
+    return price
+
+
+def jobs_of(meta: dict[str, str]) -> list[dict[str, Any]]:
+    """The provider batch jobs recorded in a state file, oldest first."""
+    from async_batch_llm._internal.batch_jobs import read_job_records
+
+    jobs = []
+    for record in read_job_records(meta).values():
+        job = record["job"]
+        jobs.append(
+            {
+                "id": job.get("id"),
+                "provider": job.get("provider"),
+                "model": job.get("model"),
+                "state": job.get("state"),
+                "provider_status": job.get("provider_status"),
+                "requests": job.get("request_count"),
+                "counts": job.get("counts") or {},
+                "submitted_at": job.get("submitted_at"),
+            }
+        )
+    return sorted(jobs, key=lambda job: job["submitted_at"] or 0)
+
+
 def status(path: str) -> dict[str, Any]:
-    """Counts by state and what the run was."""
+    """Counts by state, the batch jobs and what the run was."""
     with SQLiteCheckpointReader(path) as reader:
         counts = reader.count_by_state()
         meta = reader.meta()
@@ -38,6 +69,7 @@ def status(path: str) -> dict[str, Any]:
             "failed": counts[EntryState.FAILED],
             "unfinished": counts[EntryState.PENDING] + counts[EntryState.INTERRUPTED],
             "entries": sum(counts.values()),
+            "batch_jobs": jobs_of(meta),
         }
 
 
@@ -46,6 +78,7 @@ def _lines(reader: SQLiteCheckpointReader, failed_only: bool) -> Iterator[str]:
 
     model = _model(reader)
     pricer = Pricer(model)
+    batch_pricer = Pricer(model, batch=True)
     for entry in reader.entries():
         ok = entry.state is EntryState.SUCCEEDED
         if entry.state is EntryState.PENDING or (failed_only and ok):
@@ -62,10 +95,11 @@ def _lines(reader: SQLiteCheckpointReader, failed_only: bool) -> Iterator[str]:
             error=error_parts(entry.error, entry.category),
             usage=entry.usage,
             attempts=entry.attempts,
-            cost=pricer.price(entry.usage) if pricer.known else None,
+            cost=_entry_price(entry, pricer, batch_pricer),
             model=model,
             replayed=True,
             metadata=None,
+            via="batch" if entry.usage.get(BATCH_USAGE_KEY) else "online",
         )
 
 
@@ -90,6 +124,7 @@ def cost(path: str) -> dict[str, Any]:
     with SQLiteCheckpointReader(path) as reader:
         model = _model(reader)
         pricer = Pricer(model)
+        batch_pricer = Pricer(model, batch=True)
         totals: dict[str, Any] = {}
         unpriced = 0
         total_cost = Decimal(0)
@@ -102,7 +137,7 @@ def cost(path: str) -> dict[str, Any]:
             bucket["items"] += 1
             bucket["input_tokens"] += entry.usage.get("input_tokens", 0)
             bucket["output_tokens"] += entry.usage.get("output_tokens", 0)
-            price = pricer.price(entry.usage) if pricer.known else None
+            price = _entry_price(entry, pricer, batch_pricer)
             if price is None:
                 if entry.usage.get("total_tokens"):
                     unpriced += 1
