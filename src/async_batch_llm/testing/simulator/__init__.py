@@ -1,8 +1,9 @@
 """A local LLM provider simulator for end-to-end tests, benchmarks and offline demos.
 
 `ProviderSimulator` is a real HTTP server on 127.0.0.1 that speaks enough of OpenAI chat
-completions, Anthropic messages and Gemini ``generateContent`` (plus ``cachedContents``) for
-the unmodified openai, anthropic, google-genai and pydantic-ai clients. Per API key it enforces
+completions and responses, Anthropic messages and Gemini ``generateContent`` (plus
+``cachedContents``), and the three providers' batch and file APIs, for the unmodified openai,
+anthropic, google-genai and pydantic-ai clients. Per API key it enforces
 continuously refilling requests- and tokens-per-window buckets, answers 429s with the provider's
 retry hints, sends the provider's rate-limit headers, waits a configurable latency, injects
 server errors at a seeded rate and counts what it served in `SimulatorStats`.
@@ -14,6 +15,7 @@ It needs aiohttp: ``pip install aiohttp``.
 
 from __future__ import annotations
 
+from async_batch_llm.testing.simulator._batches import BatchJobRecord
 from async_batch_llm.testing.simulator._config import Latency, SimulatorConfig
 from async_batch_llm.testing.simulator._request import (
     Provider,
@@ -30,6 +32,7 @@ __all__ = [
     "SimulatorConfig",
     "SimulatorStats",
     "RequestRecord",
+    "BatchJobRecord",
     "ProviderRequest",
     "RawReply",
     "Reply",
@@ -43,6 +46,7 @@ for _public in (
     SimulatorConfig,
     SimulatorStats,
     RequestRecord,
+    BatchJobRecord,
     ProviderRequest,
     RawReply,
 ):

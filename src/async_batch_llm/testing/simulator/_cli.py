@@ -14,9 +14,10 @@ from async_batch_llm.testing.simulator._server import ProviderSimulator
 __all__ = ["build_parser", "config_from_args", "main", "parse_latency"]
 
 _DESCRIPTION = """\
-Serve OpenAI chat completions, Anthropic messages and Gemini generateContent on a local port,
-with per-key RPM/TPM buckets, 429s with retry hints, rate-limit headers, latency and injected
-server errors. Point the SDKs at the printed URLs."""
+Serve OpenAI chat completions and responses, Anthropic messages and Gemini generateContent,
+and the three providers' batch and file APIs, on a local port, with per-key RPM/TPM buckets,
+429s with retry hints, rate-limit headers, latency and injected server errors. Point the SDKs
+at the printed URLs."""
 
 
 def parse_latency(text: str) -> Latency:
@@ -84,6 +85,31 @@ def build_parser(
         "--no-rate-limit-headers", action="store_true", help="do not send x-ratelimit-* headers"
     )
     parser.add_argument("--no-retry-after", action="store_true", help="send no retry hints on 429s")
+    parser.add_argument(
+        "--batch-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds a batch job takes; its requests finish evenly over them (0)",
+    )
+    parser.add_argument(
+        "--batch-error-rate",
+        type=float,
+        default=0.0,
+        help="probability that a request inside a batch job fails with a 500 (0)",
+    )
+    parser.add_argument(
+        "--batch-expiry",
+        type=float,
+        metavar="SECONDS",
+        help="seconds after which an unfinished batch job expires (86400, as the providers)",
+    )
+    parser.add_argument(
+        "--batch-max-requests",
+        type=int,
+        metavar="REQUESTS",
+        help="most requests per batch job, below the provider's own cap (provider's cap)",
+    )
     return parser
 
 
@@ -101,6 +127,10 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         daily_request_quota=args.daily_quota,
         limits_per_model=args.per_model,
         seed=args.seed,
+        batch_latency=args.batch_latency,
+        batch_error_rate=args.batch_error_rate,
+        batch_expiry=args.batch_expiry,
+        batch_max_requests=args.batch_max_requests,
     )
 
 

@@ -41,6 +41,17 @@ class SimulatorConfig:
         clock: Monotonic clock in seconds that drives the buckets; tests inject their own.
         wall_clock: Wall clock in epoch seconds for timestamps (cache expiry, reset times).
         recent_requests: How many recent requests `SimulatorStats.recent` keeps.
+        batch_latency: Seconds a batch job takes: request ``i`` of ``n`` is done at
+            ``created + batch_latency * (i + 1) / n`` on ``clock``, so a job completes
+            progressively and ends when its last request is done; 0 ends it at once.
+        batch_error_rate: Probability in ``[0, 1]`` that a request inside a batch job fails
+            with the provider's per-request server error (500), drawn from ``seed``.
+        batch_expiry: Seconds after creation at which a batch job that has not ended expires:
+            its requests done by then keep their results, the others are expired. ``None``
+            keeps the providers' own window of 24 hours (86400 seconds).
+        batch_max_requests: Most requests a batch job may hold, below the provider's own cap,
+            or ``None`` for only the provider's cap; larger jobs are refused with the
+            provider's 400, so tests can check that a client splits its jobs.
     """
 
     rpm: float | None = None
@@ -57,6 +68,10 @@ class SimulatorConfig:
     clock: Callable[[], float] = field(default=time.monotonic, compare=False)
     wall_clock: Callable[[], float] = field(default=time.time, compare=False)
     recent_requests: int = 1000
+    batch_latency: float = 0.0
+    batch_error_rate: float = 0.0
+    batch_expiry: float | None = None
+    batch_max_requests: int | None = None
 
     def __post_init__(self) -> None:
         _check_limit("rpm", self.rpm)
@@ -99,6 +114,33 @@ class SimulatorConfig:
                 raise TypeError(msg)
         if not is_int(self.recent_requests) or self.recent_requests < 0:
             msg = f"recent_requests must be a non-negative integer, got {self.recent_requests!r}"
+            raise ValueError(msg)
+        self._check_batches()
+
+    def _check_batches(self) -> None:
+        if not _is_number(self.batch_latency) or self.batch_latency < 0:
+            msg = (
+                f"batch_latency must be seconds >= 0, got {self.batch_latency!r}; use 0 for "
+                f"batch jobs that end at once"
+            )
+            raise ValueError(msg)
+        rate = self.batch_error_rate
+        if not _is_number(rate) or not 0.0 <= rate <= 1.0:
+            msg = f"batch_error_rate must be a probability between 0.0 and 1.0, got {rate!r}"
+            raise ValueError(msg)
+        expiry = self.batch_expiry
+        if expiry is not None and (not _is_number(expiry) or not expiry > 0):
+            msg = (
+                f"batch_expiry must be a positive number of seconds or None for jobs that never "
+                f"expire, got {expiry!r}; the providers' own window is 86400"
+            )
+            raise ValueError(msg)
+        cap = self.batch_max_requests
+        if cap is not None and (not is_int(cap) or cap < 1):
+            msg = (
+                f"batch_max_requests must be a positive number of requests or None for the "
+                f"provider's own cap, got {cap!r}"
+            )
             raise ValueError(msg)
 
 

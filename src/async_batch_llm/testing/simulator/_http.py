@@ -10,11 +10,22 @@ from aiohttp import web
 from async_batch_llm.testing.simulator._anthropic import AnthropicWire
 from async_batch_llm.testing.simulator._gemini import GeminiWire
 from async_batch_llm.testing.simulator._openai import OpenAIWire
+from async_batch_llm.testing.simulator._openai_responses import OpenAIResponsesWire
 from async_batch_llm.testing.simulator._wire import Wire
 
-__all__ = ["ANTHROPIC", "GEMINI", "OPENAI", "api_key", "cache_name", "guess_wire", "json_body"]
+__all__ = [
+    "ANTHROPIC",
+    "GEMINI",
+    "OPENAI",
+    "OPENAI_RESPONSES",
+    "api_key",
+    "cache_name",
+    "guess_wire",
+    "json_body",
+]
 
 OPENAI = OpenAIWire()
+OPENAI_RESPONSES = OpenAIResponsesWire()
 ANTHROPIC = AnthropicWire()
 GEMINI = GeminiWire()
 

@@ -33,6 +33,7 @@ class ProviderRequest:
         cached_content: The Gemini cached content it refers to, if any.
         stream: Whether it asked for a server-sent-events stream.
         sequence: 1-based number of this generation request since the simulator started.
+        batch_id: The batch job it belongs to, or ``None`` for an online request.
     """
 
     provider: Provider
@@ -49,6 +50,7 @@ class ProviderRequest:
     cached_content: str | None = None
     stream: bool = False
     sequence: int = 0
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

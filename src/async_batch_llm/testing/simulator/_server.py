@@ -7,8 +7,8 @@ import enum
 import json
 import logging
 import random
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Literal, Self
 
@@ -21,19 +21,30 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
     )
     raise ImportError(_msg, name="aiohttp") from exc
 
+from async_batch_llm.testing.simulator._anthropic_batch import AnthropicBatchAPI, anthropic_status
+from async_batch_llm.testing.simulator._batch_http import BatchContext, is_gemini
+from async_batch_llm.testing.simulator._batches import (
+    Answered,
+    BatchItem,
+    BatchJob,
+    BatchJobRecord,
+)
 from async_batch_llm.testing.simulator._caches import CacheStore, InvalidCacheRequest
 from async_batch_llm.testing.simulator._config import SimulatorConfig, is_int
 from async_batch_llm.testing.simulator._gemini import error_body
+from async_batch_llm.testing.simulator._gemini_batch import GeminiBatchAPI, gemini_state
 from async_batch_llm.testing.simulator._http import (
     ANTHROPIC,
     GEMINI,
     OPENAI,
+    OPENAI_RESPONSES,
     api_key,
     cache_name,
     guess_wire,
     json_body,
 )
 from async_batch_llm.testing.simulator._limits import Admission, KeyLimits
+from async_batch_llm.testing.simulator._openai_batch import OpenAIBatchAPI, openai_status
 from async_batch_llm.testing.simulator._request import (
     Provider,
     ProviderRequest,
@@ -53,6 +64,19 @@ logger = logging.getLogger(__name__)
 _CACHE_MISSING = "CachedContent not found (or permission denied)"
 # In-flight handlers get this long to finish when the simulator stops, then they are cancelled.
 _SHUTDOWN_TIMEOUT = 0.5
+# Batch inputs go up to 256 MB (Anthropic's create request) and 2 GB (a Gemini input file).
+_MAX_BODY = 2_100_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Produced:
+    """A reply ready to send: its status, body and headers, and the output tokens it cost."""
+
+    status: int
+    body: Json
+    headers: Mapping[str, str] = field(default_factory=dict)
+    output_tokens: int = 0
+    raw: bool = False
 
 
 class _Keep(enum.Enum):
@@ -78,6 +102,12 @@ class ProviderSimulator:
     text>"``, or JSON valid for the requested schema or forced tool). Only successful replies
     wait for ``latency``. Streaming requests (``"stream": true``, ``:streamGenerateContent``)
     get the same reply as server-sent events.
+
+    The providers' batch APIs (OpenAI files and batches, Anthropic message batches, Gemini
+    ``batchGenerateContent`` and files) answer each request of a job with the same reply logic,
+    but without the buckets, injected failures or latency; jobs progress with ``clock`` as
+    ``batch_latency`` and ``batch_expiry`` say (see `SimulatorConfig`), and `batch_jobs` and
+    `expire_batches` let tests watch and steer them.
 
     Args:
         config: Limits, latency, failures and clocks; defaults to no limits and no latency.
@@ -110,6 +140,12 @@ class ProviderSimulator:
         self._sequence = 0
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
+        self._batches = BatchContext(
+            config=lambda: self._config,
+            stats=self.stats,
+            answer=self._answer_batch,
+            record=self._record,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -244,13 +280,63 @@ class ProviderSimulator:
         )
 
     def reset(self) -> None:
-        """Forget buckets, quota usage, scripted replies and failures, caches and stats."""
+        """Forget buckets, quota usage, scripted replies and failures, caches and stats.
+
+        Batch jobs and files are forgotten too, as caches are: the simulator starts afresh. To
+        zero the counters but keep the jobs (say, between a submitting and a collecting phase
+        of a test), call ``sim.stats.reset()`` instead.
+        """
         self._keys.clear()
         self._faults.clear()
         self._replies.clear()
         self._caches = CacheStore()
+        self._batches.clear()
         self.stats.reset()
         self._sequence = 0
+
+    # -- batch jobs ------------------------------------------------------------------------
+
+    @property
+    def batch_jobs(self) -> list[BatchJobRecord]:
+        """Every batch job created since the start (or `reset`), oldest first, as of now.
+
+        Each `BatchJobRecord` is a frozen snapshot: its ``state`` is the status the provider's
+        API would report now on the simulator's clock (reading it answers the requests that
+        are due, as any API read does).
+        """
+        now = self._config.clock()
+        records: list[BatchJobRecord] = []
+        for job in self._batches.store:
+            self._batches.store.refresh(job, now)
+            if job.provider == "openai":
+                state = openai_status(job)
+            elif job.provider == "anthropic":
+                state = anthropic_status(job)
+            else:
+                state = gemini_state(job)
+            records.append(
+                BatchJobRecord(
+                    provider=job.provider,
+                    id=job.id,
+                    state=state,
+                    request_count=len(job.items),
+                    custom_ids=job.custom_ids,
+                    created_at=job.created_at,
+                    cancelled=job.cancel_at is not None,
+                    ended=job.ended,
+                    deleted=job.deleted,
+                    outcomes=dict(job.counts()),
+                )
+            )
+        return records
+
+    def expire_batches(self) -> int:
+        """End every unfinished batch job now as expired; returns how many there were.
+
+        Requests done by now keep their results; the others are expired, as when a job
+        reaches ``batch_expiry`` (or the providers' 24 hours).
+        """
+        return self._batches.store.expire_all(self._config.clock())
 
     def __repr__(self) -> str:
         where = self._base_url or "stopped"
@@ -259,10 +345,12 @@ class ProviderSimulator:
     # -- routing ---------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=_MAX_BODY)
         add = app.router.add_route
         add("POST", "/v1/chat/completions", self._openai)
+        add("POST", "/v1/responses", self._openai_responses)
         add("POST", "/v1/messages", self._anthropic)
+        self._add_batch_routes(app.router)
         add(
             "POST",
             r"/{version}/{collection:models|tunedModels}/{model:[^/:]+}"
@@ -277,8 +365,48 @@ class ProviderSimulator:
         add("*", "/{tail:.*}", self._not_found)
         return app
 
+    def _add_batch_routes(self, router: web.UrlDispatcher) -> None:
+        """The batch and file endpoints; OpenAI's ``/v1`` ids never look like Gemini's."""
+        openai = OpenAIBatchAPI(self._batches)
+        anthropic = AnthropicBatchAPI(self._batches)
+        gemini = GeminiBatchAPI(self._batches)
+        add = router.add_route
+        add("POST", "/v1/messages/batches", anthropic.create)
+        add("GET", "/v1/messages/batches", anthropic.listing)
+        add("GET", "/v1/messages/batches/{id}", anthropic.get)
+        add("DELETE", "/v1/messages/batches/{id}", anthropic.delete)
+        add("GET", "/v1/messages/batches/{id}/results", anthropic.results)
+        add("POST", "/v1/messages/batches/{id}/cancel", anthropic.cancel)
+        add("POST", "/v1/files", openai.file_create)
+        add("GET", "/v1/files", _either(openai.file_list, gemini.file_list))
+        add("GET", "/v1/files/{id:file-[^/:]+}", openai.file_get)
+        add("GET", "/v1/files/{id:file-[^/:]+}/content", openai.file_content)
+        add("DELETE", "/v1/files/{id:file-[^/:]+}", openai.file_delete)
+        add("POST", "/v1/batches", openai.batch_create)
+        add("GET", "/v1/batches", _either(openai.batch_list, gemini.listing))
+        add("GET", "/v1/batches/{id:batch_[^/:]+}", openai.batch_get)
+        add("POST", "/v1/batches/{id:batch_[^/:]+}/cancel", openai.batch_cancel)
+        add(
+            "POST",
+            r"/{version}/{collection:models|tunedModels}/{model:[^/:]+}:batchGenerateContent",
+            gemini.create,
+        )
+        add("GET", "/{version}/batches", gemini.listing)
+        add("GET", "/{version}/batches/{id:[^/:]+}", gemini.get)
+        add("POST", "/{version}/batches/{id:[^/:]+}:cancel", gemini.cancel)
+        add("DELETE", "/{version}/batches/{id:[^/:]+}", gemini.delete)
+        add("POST", "/upload/{version}/files", gemini.upload)
+        add("GET", "/{version}/files", gemini.file_list)
+        add("GET", "/{version}/files/{id:[^/:]+}:download", gemini.file_download)
+        add("GET", "/download/{version}/files/{id:[^/:]+}:download", gemini.file_download)
+        add("GET", "/{version}/files/{id:[^/:]+}", gemini.file_get)
+        add("DELETE", "/{version}/files/{id:[^/:]+}", gemini.file_delete)
+
     async def _openai(self, request: web.Request) -> web.Response:
         return await self._generate(request, OPENAI, model="")
+
+    async def _openai_responses(self, request: web.Request) -> web.Response:
+        return await self._generate(request, OPENAI_RESPONSES, model="")
 
     async def _anthropic(self, request: web.Request) -> web.Response:
         return await self._generate(request, ANTHROPIC, model="")
@@ -337,25 +465,14 @@ class ProviderSimulator:
             return self._rejection(request, wire, call, limits, admission, reserved)
         limits.served += 1
 
-        reply = self._reply_for(call)
-        if isinstance(reply, RawReply):
+        produced = self._produce(wire, call, cached_tokens)
+        if produced.raw:
             await self._wait_latency(request, call)
             return self._finish(
-                request, wire.provider, call.model, reply.status, dict(reply.body), reply.headers
+                request, wire.provider, call.model, produced.status, produced.body, produced.headers
             )
-        truncated = False
-        if reply is None:
-            reply, truncated = default_reply(call)
-        output_text = reply if isinstance(reply, str) else json.dumps(reply)
-        output_tokens = estimate_tokens(len(output_text))
         if call.max_output_tokens is None:
-            limits.charge_tokens(output_tokens)
-        self.stats.prompt_tokens += call.prompt_tokens
-        self.stats.output_tokens += output_tokens
-        usage = Usage(call.prompt_tokens, output_tokens, cached_tokens)
-        payload = wire.reply_body(
-            call, reply, usage, truncated=truncated, created=config.wall_clock()
-        )
+            limits.charge_tokens(produced.output_tokens)
         headers = self._limit_headers(wire, limits)
         if wire.request_id_header is not None:
             headers[wire.request_id_header] = f"req_sim{call.sequence:08d}"
@@ -363,11 +480,43 @@ class ProviderSimulator:
         if call.stream:
             self._record(request, wire.provider, call.model, 200)
             return web.Response(
-                text=wire.stream_body(call, payload),
+                text=wire.stream_body(call, produced.body),
                 headers=headers,
                 content_type="text/event-stream",
             )
-        return self._finish(request, wire.provider, call.model, 200, payload, headers)
+        return self._finish(request, wire.provider, call.model, 200, produced.body, headers)
+
+    def _produce(self, wire: Wire, call: ProviderRequest, cached_tokens: int) -> _Produced:
+        """The reply to an admitted request (scripted, the hook's or the default), counted."""
+        reply = self._reply_for(call)
+        if isinstance(reply, RawReply):
+            return _Produced(reply.status, dict(reply.body), dict(reply.headers), raw=True)
+        truncated = False
+        if reply is None:
+            reply, truncated = default_reply(call)
+        output_text = reply if isinstance(reply, str) else json.dumps(reply)
+        output_tokens = estimate_tokens(len(output_text))
+        self.stats.prompt_tokens += call.prompt_tokens
+        self.stats.output_tokens += output_tokens
+        usage = Usage(call.prompt_tokens, output_tokens, cached_tokens)
+        payload = wire.reply_body(
+            call, reply, usage, truncated=truncated, created=self._config.wall_clock()
+        )
+        return _Produced(200, payload, {}, output_tokens=output_tokens)
+
+    def _answer_batch(self, job: BatchJob, item: BatchItem) -> Answered:
+        """Answer one request of a batch job: the online reply, without limits or faults."""
+        self._sequence += 1
+        wire = job.wire
+        call = wire.parse(
+            item.body, model=job.model, api_key=job.api_key, path=job.path, sequence=self._sequence
+        )
+        call = replace(call, stream=False, batch_id=job.id)
+        self.stats.batch_requests += 1
+        if item.fail:
+            return Answered(500, wire.status_body(500), call.sequence)
+        produced = self._produce(wire, call, 0)
+        return Answered(produced.status, produced.body, call.sequence)
 
     def _reply_for(self, call: ProviderRequest) -> Reply | None:
         scripted = self._replies.take(call.provider)
@@ -527,3 +676,15 @@ class ProviderSimulator:
                 status=status,
             )
         )
+
+
+_Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _either(openai: _Handler, gemini: _Handler) -> _Handler:
+    """One handler for a ``/v1`` path both OpenAI and Gemini (API version v1) serve."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return await (gemini(request) if is_gemini(request) else openai(request))
+
+    return handle

@@ -39,11 +39,20 @@ class SimulatorStats:
         quota_exhausted: Requests refused because the key's hard quota is used up.
         injected_errors: Failures injected at ``error_rate`` or by ``fail_next``.
         prompt_tokens: Input tokens reported in successful generation replies.
-        output_tokens: Output tokens reported in successful generation replies.
+        output_tokens: Output tokens reported in successful generation replies (online and
+            inside batch jobs).
+        batch_jobs_created: Batch jobs accepted per provider; tests use it to prove that a
+            client did not submit a job again.
+        batch_jobs_cancelled: Batch jobs whose cancellation was accepted, per provider.
+        batch_requests: Requests answered inside batch jobs (succeeded or errored; not those
+            a job cancelled or let expire).
         recent: The most recent `RequestRecord`s, oldest first.
     """
 
     __slots__ = (
+        "batch_jobs_cancelled",
+        "batch_jobs_created",
+        "batch_requests",
         "by_key",
         "by_provider",
         "by_status",
@@ -67,6 +76,9 @@ class SimulatorStats:
         self.injected_errors = 0
         self.prompt_tokens = 0
         self.output_tokens = 0
+        self.batch_jobs_created: Counter[str] = Counter()
+        self.batch_jobs_cancelled: Counter[str] = Counter()
+        self.batch_requests = 0
 
     @property
     def successes(self) -> int:
@@ -90,6 +102,9 @@ class SimulatorStats:
         self.injected_errors = 0
         self.prompt_tokens = 0
         self.output_tokens = 0
+        self.batch_jobs_created.clear()
+        self.batch_jobs_cancelled.clear()
+        self.batch_requests = 0
 
     def record(self, record: RequestRecord) -> None:
         """Count one finished request."""
