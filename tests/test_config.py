@@ -113,7 +113,8 @@ class TestDefaults:
             "batch_max_requests",
             "batch_on_cancel",
         ]
-        # The hook bounds and batch settings are keyword-only: the 0.7.2 positional order stays as it was.
+        # The hook bounds and batch settings are keyword-only: the 0.7.2 positional order
+        # stays as it was.
         assert [f.name for f in fields(ProcessorConfig) if f.kw_only] == [
             "hook_timeout",
             "prepare_timeout",

@@ -163,3 +163,24 @@ class BatchableStrategy(LLMCallStrategy[str]):
 
     def batch_api(self) -> BatchAPI[str] | None:
         return self.api
+
+
+class FlakyBatchAPI(FakeBatchAPI):
+    """Every status check fails (`refresh_fails`), or every cancellation does."""
+
+    def __init__(
+        self, provider: FakeProvider, *, refresh_fails: bool = False, cancel_fails: bool = False
+    ) -> None:
+        super().__init__(provider)
+        self.refresh_fails = refresh_fails
+        self.cancel_fails = cancel_fails
+
+    async def refresh(self, job: BatchJob) -> BatchJob:
+        if self.refresh_fails:
+            raise request_failed(503)
+        return await super().refresh(job)
+
+    async def cancel(self, job: BatchJob) -> BatchJob:
+        if self.cancel_fails:
+            raise request_failed(500)
+        return await super().cancel(job)

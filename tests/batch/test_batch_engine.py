@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.batch.fake_provider import USAGE, BatchableStrategy, FakeProvider
+from tests.batch.fake_provider import USAGE, BatchableStrategy, FakeProvider, FlakyBatchAPI
 from tests.support import RecordingObserver, fast_config
 
 from async_batch_llm import Budget, LLMWorkItem, ParallelBatchProcessor, ProcessingEvent
@@ -252,3 +252,51 @@ async def test_a_cost_budget_prices_batch_results_at_batch_rates() -> None:
     assert online_price is not None
     assert budget.spent_cost == 4 * batch_price
     assert batch_price < online_price
+
+
+async def test_a_job_that_cannot_be_checked_is_given_up_and_runs_online_in_auto_mode() -> None:
+    provider = FakeProvider()
+    strategy = BatchableStrategy(provider)
+    strategy.api = FlakyBatchAPI(provider, refresh_fails=True)
+    result = await _run(_config(mode="auto"), _items(strategy, 3))
+    assert result.succeeded == 3
+    assert all(r.via == "online" for r in result.results)
+
+
+async def test_a_job_whose_cancellation_fails_is_given_up_after_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import async_batch_llm._internal.batch_jobs as batch_jobs
+
+    monkeypatch.setattr(batch_jobs, "CANCEL_TIMEOUT", 0.05)
+    provider = FakeProvider(never_end=True)
+    strategy = BatchableStrategy(provider)
+    strategy.api = FlakyBatchAPI(provider, cancel_fails=True)
+    result = await _run(_config(mode="batch", batch_deadline=0.05), _items(strategy, 2))
+    assert {r.error_category for r in result.results} == {"batch_deadline"}
+
+
+async def test_a_batch_api_hook_that_raises_is_refused_in_batch_mode_and_online_in_auto() -> None:
+    class Broken(BatchableStrategy):
+        def batch_api(self) -> Any:
+            raise RuntimeError("no batch for you")
+
+    with pytest.raises(ValueError, match="batch_api\\(\\) raised RuntimeError"):
+        await _run(_config(mode="batch"), _items(Broken(None), 2))
+    strategy = Broken(None)
+    result = await _run(_config(mode="auto"), _items(strategy, 2))
+    assert result.succeeded == 2
+    assert len(strategy.online_calls) == 2
+
+
+async def test_the_progress_display_counts_the_jobs_by_status() -> None:
+    from rich.console import Console
+
+    from async_batch_llm.observers.progress import RichProgressObserver
+
+    console = Console(file=__import__("io").StringIO(), force_terminal=False)
+    progress = RichProgressObserver(console=console)
+    provider = FakeProvider(max_requests=2)
+    await _run(_config(mode="batch"), _items(BatchableStrategy(provider), 5), observers=[progress])
+    assert progress.batch_jobs == {"job-1": "ended", "job-2": "ended", "job-3": "ended"}
+    assert "batch jobs: 3 ended" in progress.status_line().plain

@@ -34,6 +34,7 @@ LINE_KEYS: Final = [
     "attempts",
     "cost_usd",
     "model",
+    "via",
     "replayed",
     "metadata",
 ]

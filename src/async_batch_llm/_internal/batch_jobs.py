@@ -202,7 +202,19 @@ class BatchJobs:
         if known is not None:
             return known[1]
         hook = getattr(strategy, "batch_api", None)
-        api = hook() if callable(hook) else None
+        try:
+            api = hook() if callable(hook) else None
+        except Exception as exc:
+            if self.mode == "batch":
+                msg = f"{type(strategy).__name__}.batch_api() raised {type(exc).__name__}: {exc}"
+                raise ValueError(msg) from exc
+            logger.warning(
+                "%s.batch_api() raised %s: %s; its items run online",
+                type(strategy).__name__,
+                type(exc).__name__,
+                exc,
+            )
+            api = None
         if api is not None and not isinstance(api, BatchAPI):
             msg = (
                 f"{type(strategy).__name__}.batch_api() must return a BatchAPI or None, "
@@ -444,32 +456,56 @@ class BatchJobs:
     # -- waiting for a job -----------------------------------------------------------------
 
     async def _wait_for(self, job: _Job) -> None:
+        try:
+            await self._poll_until_ended(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A defect here must not leave the job's items waiting for ever.
+            logger.exception("Waiting for batch job %s failed", job.job.id)
+            self._give_up_on(job, exc)
+
+    async def _poll_until_ended(self, job: _Job) -> None:
         config = self.config
         interval = float(config.batch_poll_interval)
         deadline = config.batch_deadline
         failures = 0
-        cancelled_for_deadline = False
+        # After the deadline: when to stop waiting for the cancelled job to end.
+        give_up_at: float | None = None
         first = True
         while job.job.state != "ended":
             wait = 0.0 if first and job.resumed else interval
-            if deadline is not None and not cancelled_for_deadline:
+            if deadline is not None and give_up_at is None:
                 wait = min(wait, max(0.0, job.job.submitted_at + deadline - time.time()))
             first = False
             await asyncio.sleep(wait)
+            now = time.time()
             if (
                 deadline is not None
-                and not cancelled_for_deadline
-                and time.time() >= job.job.submitted_at + deadline
+                and give_up_at is None
+                and now >= job.job.submitted_at + deadline
             ):
-                cancelled_for_deadline = True
                 logger.warning(
                     "Batch job %s did not end within batch_deadline=%ss; cancelling it",
                     job.job.id,
                     deadline,
                 )
                 await self._cancel_job(job)
+                give_up_at = now + CANCEL_TIMEOUT
                 interval = float(config.batch_poll_interval)
                 continue
+            if give_up_at is not None and now >= give_up_at:
+                # The provider did not end the cancelled job in time: its requests are
+                # past their deadline either way.
+                self._give_up_on(
+                    job,
+                    BatchRequestNotRun(
+                        f"Batch job {job.job.id} did not end after its cancellation",
+                        status="canceled",
+                    ),
+                    past_deadline=True,
+                )
+                return
             try:
                 refreshed = await job.api.refresh(job.job)
             except Exception as exc:
@@ -491,7 +527,7 @@ class BatchJobs:
                 await self._save_state(job)
                 self._announce(job)
             interval = min(interval * 1.5, float(config.batch_max_poll_interval))
-        await self._collect(job, past_deadline=cancelled_for_deadline)
+        await self._collect(job, past_deadline=give_up_at is not None)
 
     async def _collect(self, job: _Job, *, past_deadline: bool) -> None:
         try:
@@ -519,10 +555,14 @@ class BatchJobs:
             self._hand_over(request, Answer(output=output, usage=usage, job_id=job.job.id))
         self._wake.set()
 
-    def _give_up_on(self, job: _Job, error: Exception) -> None:
-        self._jobs.pop(job.job.id, None)
+    def _give_up_on(self, job: _Job, error: Exception, *, past_deadline: bool = False) -> None:
+        if self._jobs.pop(job.job.id, None) is None:
+            return  # its items were handed over already
         for request in job.members.values():
-            self._failed(request, error, submitted=True, resubmit=False)
+            self._failed(
+                request, error, submitted=True, resubmit=False, past_deadline=past_deadline
+            )
+        self._wake.set()
 
     # -- outcomes ---------------------------------------------------------------------------
 

@@ -128,7 +128,11 @@ class CheckpointStore(Protocol):
         ...
 
     async def save_meta(self, meta: Mapping[str, str]) -> None:
-        """Set these metadata keys (others are kept); durable when it returns."""
+        """Set these metadata keys (others are kept); durable when it returns.
+
+        Values can be large: in batch mode each provider job is recorded under a key of
+        its own (``batch_job:<id>``), with the id and prompt hash of each of its requests.
+        """
         ...
 
     async def lookup(self, item_ids: Sequence[str]) -> list[CheckpointEntry | None]:

@@ -222,6 +222,9 @@ class RichProgressObserver(BaseObserver):
         rate_limit_hits: Attempts that were rate limited.
         cooldowns: Shared cooldowns started (with `AdaptiveRateLimitStrategy`: scope
             pauses started).
+        batch_jobs: In batch mode (``ProcessorConfig(mode="batch" | "auto")``), the
+            provider's status of each job by id (from `BATCH_JOB_UPDATED`); the status
+            line counts them by status.
     """
 
     def __init__(
@@ -249,6 +252,7 @@ class RichProgressObserver(BaseObserver):
         self.failed = 0
         self.rate_limit_hits = 0
         self.cooldowns = 0
+        self.batch_jobs: dict[str, str] = {}
         self._paused_until = 0.0
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -278,6 +282,12 @@ class RichProgressObserver(BaseObserver):
             style="yellow" if self.rate_limit_hits else "",
         )
         text.append(", " + _plural(self.cooldowns, "cooldown"))
+        if self.batch_jobs:
+            counts: dict[str, int] = {}
+            for status in self.batch_jobs.values():
+                counts[status] = counts.get(status, 0) + 1
+            described = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            text.append(f"; batch jobs: {described}", style="cyan")
         paused_for = self.paused_for
         if paused_for > 0 and self.running:
             text.append(f" (paused, {paused_for:.1f}s left)", style="bold yellow")
@@ -313,6 +323,9 @@ class RichProgressObserver(BaseObserver):
             self._pause(data.get("duration"))
         elif event is ProcessingEvent.COOLDOWN_ENDED:
             self._paused_until = 0.0
+        elif event is ProcessingEvent.BATCH_JOB_UPDATED:
+            status = data.get("provider_status") or data.get("state")
+            self.batch_jobs[str(data.get("job_id"))] = str(status).lower()
         elif event is ProcessingEvent.BATCH_COMPLETED:
             if self.total is None:
                 self.total = self.completed
@@ -364,6 +377,7 @@ class RichProgressObserver(BaseObserver):
         self.total = total
         self.completed = self.succeeded = self.failed = self.replayed = 0
         self.rate_limit_hits = self.cooldowns = 0
+        self.batch_jobs = {}
         self._paused_until = 0.0
         progress = _Display(
             self,
