@@ -83,6 +83,7 @@ class TestPublicNames:
             "BATCH_COMPLETED": "batch_completed",
             "SHARED_BUDGET_DEGRADED": "shared_budget_degraded",
             "SHARED_BUDGET_RESTORED": "shared_budget_restored",
+            "BATCH_JOB_UPDATED": "batch_job_updated",
         }
 
     def test_processor_observer_is_abstract(self) -> None:

@@ -166,14 +166,26 @@ class BatchableStrategy(LLMCallStrategy[str]):
 
 
 class FlakyBatchAPI(FakeBatchAPI):
-    """Every status check fails (`refresh_fails`), or every cancellation does."""
+    """Every status check fails (`refresh_fails`), or every cancellation does, or the
+    results of some jobs are gone (`results_gone`)."""
 
     def __init__(
-        self, provider: FakeProvider, *, refresh_fails: bool = False, cancel_fails: bool = False
+        self,
+        provider: FakeProvider,
+        *,
+        refresh_fails: bool = False,
+        cancel_fails: bool = False,
+        results_gone: set[str] | None = None,
     ) -> None:
         super().__init__(provider)
         self.refresh_fails = refresh_fails
         self.cancel_fails = cancel_fails
+        self.results_gone = results_gone or set()
+
+    async def results(self, job: BatchJob) -> list[RequestResult]:
+        if job.id in self.results_gone:
+            raise request_failed(404)
+        return await super().results(job)
 
     async def refresh(self, job: BatchJob) -> BatchJob:
         if self.refresh_fails:

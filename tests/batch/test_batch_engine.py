@@ -300,3 +300,34 @@ async def test_the_progress_display_counts_the_jobs_by_status() -> None:
     await _run(_config(mode="batch"), _items(BatchableStrategy(provider), 5), observers=[progress])
     assert progress.batch_jobs == {"job-1": "ended", "job-2": "ended", "job-3": "ended"}
     assert "batch jobs: 3 ended" in progress.status_line().plain
+
+
+async def test_a_recorded_job_whose_results_are_gone_is_submitted_again(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    provider = FakeProvider(never_end=True)
+    items = _items(BatchableStrategy(provider), 4)
+    processor = ParallelBatchProcessor[str, str, Any](config=_config(mode="batch"), checkpoint=path)
+
+    async def consume() -> None:
+        async with processor:
+            async for _ in processor.stream(items):
+                pass
+
+    task = asyncio.ensure_future(consume())
+    await provider.checked.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    # The provider ended the job but no longer has its results (e.g. past retention).
+    provider.never_end = False
+    rerun = BatchableStrategy(provider)
+    rerun.api = FlakyBatchAPI(provider, results_gone={"job-1"})
+    result = await _run(
+        _config(mode="batch"),
+        _items(rerun, 4),
+        checkpoint=path,
+        error_classifier=HTTPStatusClassifier(),
+    )
+    assert result.succeeded == 4
+    assert provider.submitted == 2
+    assert all(r.via == "batch" and r.attempts == 2 for r in result.results)

@@ -558,9 +558,23 @@ class BatchJobs:
     def _give_up_on(self, job: _Job, error: Exception, *, past_deadline: bool = False) -> None:
         if self._jobs.pop(job.job.id, None) is None:
             return  # its items were handed over already
+        if job.resumed and not past_deadline:
+            gone = BatchRequestNotRun(
+                f"The recorded batch job {job.job.id} cannot be collected: {error}",
+                status="missing",
+            )
+            gone.__cause__ = error
+            error = gone
         for request in job.members.values():
+            # A job this run submitted may still run: its requests are not submitted again
+            # (the rerun finds its record). A recorded job that can no longer be checked or
+            # read (deleted, its results gone) will not: those go into a new job.
             self._failed(
-                request, error, submitted=True, resubmit=False, past_deadline=past_deadline
+                request,
+                error,
+                submitted=True,
+                resubmit=job.resumed and not past_deadline,
+                past_deadline=past_deadline,
             )
         self._wake.set()
 
@@ -588,14 +602,13 @@ class BatchJobs:
             return
         info = self._classify(error)
         again = not_run or info.is_retryable or info.is_rate_limit
-        if (
-            resubmit
-            and again
-            and request.encoded is not None
-            and request.attempts < self.config.retry.max_attempts
-        ):
+        if resubmit and submitted and again and request.attempts < self.config.retry.max_attempts:
             self._settle(request, usage)
-            self._queue_for_job(request)
+            if request.encoded is None:
+                # Attached to a recorded job, never encoded by this run: encode it first.
+                self._incoming.append(request)
+            else:
+                self._queue_for_job(request)
             self._wake.set()
             return
         category = "batch_expired" if not_run else info.error_category
