@@ -87,10 +87,10 @@ class _Request:
     """An item on its way through batch jobs."""
 
     __slots__ = (
+        "_digest",
         "api",
         "attempts",
         "custom_id",
-        "digest",
         "encoded",
         "item",
         "reservation",
@@ -105,9 +105,17 @@ class _Request:
         self.attempts = 0
         self.custom_id = ""
         self.encoded: EncodedRequest | None = None
-        self.digest = prompt_hash(item.prompt)[:_HASH_CHARS]
+        self._digest: str | None = None
         self.since = 0.0
         self.reservation: Any = None  # the budget's, while the request is in a job
+
+    @property
+    def digest(self) -> str:
+        """The start of the prompt's hash: what a job record keeps to tell an edited prompt
+        (computed only with a checkpoint, which is when records are kept)."""
+        if self._digest is None:
+            self._digest = prompt_hash(self.item.prompt)[:_HASH_CHARS]
+        return self._digest
 
 
 class _Job:
