@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.batch.fake_provider import USAGE, BatchableStrategy, FakeProvider, FlakyBatchAPI
-from tests.support import RecordingObserver, fast_config
+from fake_provider import USAGE, BatchableStrategy, FakeProvider, FlakyBatchAPI
 
 from async_batch_llm import Budget, LLMWorkItem, ParallelBatchProcessor, ProcessingEvent
 from async_batch_llm.cli._model import HTTPStatusClassifier
 from async_batch_llm.pricing import Pricer
+from support import RecordingObserver, fast_config
 
 
 def _config(**overrides: Any) -> Any:

@@ -19,13 +19,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from fake_provider import BatchableStrategy, FakeProvider
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.batch.fake_provider import BatchableStrategy, FakeProvider
-from tests.support import fast_config
 
 from async_batch_llm import LLMWorkItem, ParallelBatchProcessor
 from async_batch_llm.cli._model import HTTPStatusClassifier
+from support import fast_config
 
 OUTCOMES = ("ok", "ok", "ok", "expired", "canceled", "missing", "error500", "error400")
 

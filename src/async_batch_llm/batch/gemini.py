@@ -8,6 +8,7 @@ a response carries none). Inline jobs are limited to 20 MB, which `max_bytes` en
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -62,7 +63,10 @@ class GeminiBatchAPI(BatchAPI[Any]):
         self._parse = parse
         self.provider = "gemini"
         self.model = model.removeprefix("models/")
-        self.group = f"gemini:{self.model}"
+        # Requests of different accounts never share a job: the key's hash, not the key.
+        api_key = getattr(getattr(client, "_api_client", None), "api_key", None)
+        account = hashlib.sha256(str(api_key).encode()).hexdigest()[:16]
+        self.group = f"gemini:{self.model}:{account}"
         self.max_requests = MAX_REQUESTS
         self.max_bytes = INLINE_MAX_BYTES
 

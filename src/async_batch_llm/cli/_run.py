@@ -326,13 +326,14 @@ def _dry_run(options: RunOptions, spec: ModelSpec, records: int, source: InputFi
     input_tokens = sum(
         len(render_request(record)) // 4 + 1 for record in source.records(limit=options.limit)
     )
-    pricer = Pricer(str(spec))
+    pricer = Pricer(str(spec), batch=options.mode != "online")
     cost = pricer.price({"input_tokens": input_tokens}) if pricer.known else None
     state = default_state(options)
     lines = [
         f"{records:,} valid request(s) in {source.name} for {spec}",
         f"about {input_tokens:,} input tokens"
-        + ("" if cost is None else f", about ${cost:.4f} before output tokens"),
+        + ("" if cost is None else f", about ${cost:.4f} before output tokens")
+        + (" (at batch prices)" if options.mode != "online" and cost is not None else ""),
         f"state: {state or 'none (both input and output are standard streams)'}",
         "dry run: nothing was called",
     ]
