@@ -457,6 +457,9 @@ class ParallelBatchProcessor(
         and is cleared when that batch ends.
         """
         self._runner.drain()
+        run = self._active_run
+        if run is not None and run.batch is not None:
+            run.batch.nudge()  # requests not submitted yet end now
 
     def _end_batch(self) -> None:
         super()._end_batch()

@@ -268,7 +268,7 @@ async def test_a_job_whose_cancellation_fails_is_given_up_after_the_deadline(
 ) -> None:
     import async_batch_llm._internal.batch_jobs as batch_jobs
 
-    monkeypatch.setattr(batch_jobs, "CANCEL_TIMEOUT", 0.05)
+    monkeypatch.setattr(batch_jobs, "CANCELLED_JOB_GRACE", 0.05)
     provider = FakeProvider(never_end=True)
     strategy = BatchableStrategy(provider)
     strategy.api = FlakyBatchAPI(provider, cancel_fails=True)
@@ -331,3 +331,85 @@ async def test_a_recorded_job_whose_results_are_gone_is_submitted_again(tmp_path
     assert result.succeeded == 4
     assert provider.submitted == 2
     assert all(r.via == "batch" and r.attempts == 2 for r in result.results)
+
+
+async def test_the_same_item_object_taken_twice_gets_two_batch_results() -> None:
+    provider = FakeProvider()
+    strategy = BatchableStrategy(provider)
+    item = LLMWorkItem(item_id="same", strategy=strategy, prompt="p0")
+    processor = ParallelBatchProcessor[str, str, Any](config=_config(mode="batch"))
+    async with processor:
+        results = [r async for r in processor.stream([item, item])]
+    assert [r.via for r in results] == ["batch", "batch"]
+    assert strategy.online_calls == []
+
+
+async def test_a_duck_typed_batch_api_is_refused_in_auto_mode_instead_of_hanging() -> None:
+    class Duck(BatchableStrategy):
+        def batch_api(self) -> Any:
+            return object()
+
+    processor = ParallelBatchProcessor[str, str, Any](config=_config(mode="auto"))
+    async with processor:
+        with pytest.raises(TypeError, match="must return a BatchAPI or None"):
+            async for _ in processor.stream(_items(Duck(None), 2)):
+                pass
+
+
+async def test_a_rerun_submits_anew_what_a_finished_run_failed(tmp_path: Path) -> None:
+    path = tmp_path / "run.sqlite"
+    provider = FakeProvider(outcomes={"p0": "expired"})
+    first = await _run(
+        _config(mode="batch"), _items(BatchableStrategy(provider), 2), checkpoint=path
+    )
+    assert first.results[0].error_category == "batch_expired" or not all(
+        r.success for r in first.results
+    )
+    assert provider.submitted == 3  # p0 expired three times
+    provider.outcomes.clear()
+    # Its failure is committed: the rerun does not attach it to the dead job, it submits it.
+    again = await _run(
+        _config(mode="batch"), _items(BatchableStrategy(provider), 2), checkpoint=path
+    )
+    by_id = _by_id(again)
+    assert by_id["i0"].success
+    assert not by_id["i0"].replayed
+    assert by_id["i1"].replayed
+    assert provider.submitted == 4
+
+
+async def test_a_stopped_run_leaves_no_budget_reservation_behind() -> None:
+    provider = FakeProvider(never_end=True)
+    budget = Budget(max_total_tokens=1_000, output_tokens_estimate=5)
+    processor = ParallelBatchProcessor[str, str, Any](config=_config(mode="batch"), budget=budget)
+
+    async def run() -> None:
+        async with processor:
+            async for _ in processor.stream(_items(BatchableStrategy(provider), 3)):
+                pass
+
+    task = asyncio.ensure_future(run())
+    await provider.checked.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # The submitted requests count at their estimate; nothing is still reserved, so a
+    # later run on the same budget is admitted at once instead of waiting for ever.
+    assert budget.spent_tokens == 3 * 6
+    assert budget.try_reserve(1) is not None
+
+
+async def test_drain_ends_the_requests_not_submitted_yet() -> None:
+    provider = FakeProvider()
+    strategy = BatchableStrategy(provider)
+    processor = ParallelBatchProcessor[str, str, Any](config=_config(mode="batch"))
+
+    async def slow_source() -> Any:
+        for item in _items(strategy, 3):
+            yield item
+        processor.drain()
+        await asyncio.sleep(0)
+
+    async with processor:
+        results = [r async for r in processor.stream(slow_source())]
+    assert {r.error_category for r in results} == {"interrupted"}
+    assert provider.submitted == 0

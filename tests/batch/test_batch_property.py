@@ -174,7 +174,7 @@ async def _check(scenario: dict[str, Any], path: Path) -> None:
             assert times_submitted.get(prompt, 0) <= 1, prompt
             if prompt in waiting:
                 assert times_submitted[prompt] == 1, prompt
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert asyncio.all_tasks() == {asyncio.current_task()}, asyncio.all_tasks()
 
 
 @settings(

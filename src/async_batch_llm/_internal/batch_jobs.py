@@ -31,7 +31,13 @@ from dataclasses import asdict
 from typing import Any, Final
 
 from async_batch_llm._internal.values import BATCH_USAGE_KEY, TokenUsage
-from async_batch_llm.batch.base import BatchAPI, BatchJob, BatchRequestNotRun, EncodedRequest
+from async_batch_llm.batch.base import (
+    BatchAPI,
+    BatchJob,
+    BatchRequestNotRun,
+    EncodedRequest,
+    RequestResult,
+)
 from async_batch_llm.checkpoint._identity import prompt_hash
 
 __all__ = ["Answer", "BatchJobs", "JOB_RECORD_PREFIX", "read_job_records"]
@@ -40,8 +46,14 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a group's oldest request waits for others before its job is submitted anyway.
 LINGER: Final = 2.0
-#: Seconds allowed for cancelling the provider jobs when a run stops.
+#: Seconds allowed for cancelling the provider jobs when a run stops, and for a
+#: submission in progress to be recorded first.
 CANCEL_TIMEOUT: Final = 30.0
+#: Seconds a job cancelled for its deadline may take to end (OpenAI's "cancelling" can
+#: last minutes); the results it has by then are used.
+CANCELLED_JOB_GRACE: Final = 900.0
+#: Seconds by which a request may go before its back-off ends, to share a job.
+BACKOFF_SLACK: Final = 0.25
 #: Consecutive failed checks of a job before its requests are given up on.
 MAX_POLL_FAILURES: Final = 5
 #: Metadata keys of the job records in a checkpoint store.
@@ -93,6 +105,7 @@ class _Request:
         "custom_id",
         "encoded",
         "item",
+        "not_before",
         "reservation",
         "seq",
         "since",
@@ -107,6 +120,7 @@ class _Request:
         self.encoded: EncodedRequest | None = None
         self._digest: str | None = None
         self.since = 0.0
+        self.not_before = 0.0  # monotonic time before which it is not submitted (a back-off)
         self.reservation: Any = None  # the budget's, while the request is in a job
 
     @property
@@ -159,6 +173,9 @@ class BatchJobs:
         publish: Publishes an event to the observers.
         budget: The processor's `Budget`: each request reserves its estimate (at batch
             prices) before it is submitted, and settles with its usage.
+        may_attach: Whether an item may be attached to the recorded job that holds it:
+            only one whose previous run did not finish it (else it runs anew).
+        stopping: Whether the processor is draining: nothing more is submitted.
     """
 
     def __init__(
@@ -173,6 +190,8 @@ class BatchJobs:
         records: dict[str, dict[str, Any]],
         publish: Callable[[dict[str, Any]], None],
         budget: Any = None,
+        may_attach: Callable[[str], bool] | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.mode = mode
         self.config = config
@@ -182,6 +201,12 @@ class BatchJobs:
         self._save = save
         self._publish = publish
         self._budget = budget
+        self._may_attach = may_attach
+        self._stopping = stopping
+        self._submitting: asyncio.Task[None] | None = None
+        self._closing = False
+        # The results of recorded jobs collected already, for their items that come later.
+        self._collected: dict[str, dict[str, RequestResult]] = {}
         self._apis: dict[int, tuple[Any, BatchAPI[Any] | None]] = {}
         self._incoming: list[_Request] = []
         self._groups: dict[str, list[_Request]] = {}
@@ -244,11 +269,13 @@ class BatchJobs:
         self._wake.set()
 
     def _start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._closing:
             self._task = asyncio.ensure_future(self._loop())
             self._task.add_done_callback(self._loop_done)
 
     def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if task is self._task:
+            self._task = None  # a later item starts it again
         if not task.cancelled() and task.exception() is not None:
             logger.error("The batch job loop failed", exc_info=task.exception())
             self._fail_everything(task.exception())  # type: ignore[arg-type]
@@ -258,14 +285,25 @@ class BatchJobs:
     async def _loop(self) -> None:
         wake = self._wake
         while True:
+            # Cleared before the work, not after: a wake-up during it (a request queued
+            # again by a failed submission) makes another pass instead of being lost.
+            wake.clear()
             if self._incoming:
                 incoming, self._incoming = self._incoming, []
-                for request in incoming:
-                    await self._take(request)
+                for position, request in enumerate(incoming):
+                    try:
+                        await self._take(request)
+                    except asyncio.CancelledError:
+                        self._incoming[:0] = incoming[position:]
+                        raise
+                    except Exception as exc:
+                        logger.exception(
+                            "Taking item %s into a batch job failed", request.item.item_id
+                        )
+                        self._hand_over(request, Answer(error=exc, category="batch_error"))
             timeout = await self._submit_ready()
-            if self._incoming:
+            if self._incoming or wake.is_set():
                 continue
-            wake.clear()
             if timeout is None:
                 await wake.wait()
             else:
@@ -274,8 +312,13 @@ class BatchJobs:
 
     async def _take(self, request: _Request) -> None:
         item = request.item
-        resumable = self._resumable.pop(str(item.item_id), None)
-        if resumable is not None and self._attach(request, *resumable):
+        item_id = str(item.item_id)
+        resumable = self._resumable.pop(item_id, None)
+        if (
+            resumable is not None
+            and (self._may_attach is None or self._may_attach(item_id))
+            and self._attach(request, *resumable)
+        ):
             return
         try:
             await self._prepare(item.strategy)
@@ -297,6 +340,14 @@ class BatchJobs:
         unchanged; start waiting for that job."""
         if digest != request.digest:
             return False
+        collected = self._collected.get(job_id)
+        if collected is not None:
+            # Its job was collected for earlier items of this run: no second download.
+            request.custom_id = custom_id
+            request.attempts = int(self._records.get(job_id, {}).get("attempts", 1))
+            self.resumed_requests += 1
+            self._resolve(request, collected.pop(custom_id, None), job_id, past_deadline=False)
+            return True
         job = self._jobs.get(job_id)
         if job is None:
             record = self._records.get(job_id)
@@ -319,21 +370,58 @@ class BatchJobs:
         """Submit the groups that are ready; return when the next one will be (seconds)."""
         now = time.monotonic()
         next_due: float | None = None
+        if self._stopping is not None and self._stopping():
+            self._drain_groups()
+            return None
         for key in list(self._groups):
-            waiting = self._groups[key]
-            while waiting:
-                api = waiting[0].api
-                chunk = _take_chunk(waiting, api, self.config.batch_max_requests)
-                full = len(chunk) < len(waiting) or len(chunk) >= _cap(api, self.config)
-                due = waiting[0].since + LINGER
-                if not (full or self.intake_idle or now >= due):
-                    next_due = due - now if next_due is None else min(next_due, due - now)
-                    break
-                del waiting[: len(chunk)]
-                await self._submit(api, chunk)
-            if not waiting:
+            # Taken out while it is worked on: requests queued meanwhile (resubmissions,
+            # new items) go into a new list under the key and are merged back after.
+            group = self._groups.pop(key)
+            # A little early rather than one job each for requests that failed together.
+            ready_by = now + BACKOFF_SLACK
+            waiting = [request for request in group if request.not_before <= ready_by]
+            later = [request for request in group if request.not_before > ready_by]
+            if later:
+                due = min(request.not_before for request in later) - now
+                next_due = due if next_due is None else min(next_due, due)
+            try:
+                while waiting:
+                    api = waiting[0].api
+                    chunk = _take_chunk(waiting, api, self.config.batch_max_requests)
+                    full = len(chunk) < len(waiting) or len(chunk) >= _cap(api, self.config)
+                    due = waiting[0].since + LINGER
+                    if not (full or self.intake_idle or now >= due):
+                        next_due = due - now if next_due is None else min(next_due, due - now)
+                        break
+                    del waiting[: len(chunk)]
+                    await self._submit(api, chunk)
+            except asyncio.CancelledError:
+                self._groups[key] = [*waiting, *later, *self._groups.get(key, ())]
+                raise
+            except Exception as exc:
+                # A defect of the API object (its caps, a request's size): its requests fail.
+                logger.exception("Submitting a batch job failed")
+                for request in waiting:
+                    self._hand_over(request, Answer(error=exc, category="batch_error"))
+                waiting = []
+            remaining = [*waiting, *later, *self._groups.get(key, ())]
+            if remaining:
+                self._groups[key] = remaining
+            else:
                 self._groups.pop(key, None)
         return next_due
+
+    def _drain_groups(self) -> None:
+        """The processor is draining: the requests not submitted yet end now."""
+        pending = [request for group in self._groups.values() for request in group]
+        self._groups.clear()
+        for request in pending:
+            error = BatchRequestNotRun(
+                "The run was drained before the request was submitted", status="drained"
+            )
+            self._hand_over(
+                request, Answer(error=error, category="interrupted", attempts=request.attempts)
+            )
 
     async def _submit(self, api: BatchAPI[Any], chunk: list[_Request]) -> None:
         if self._budget is not None:
@@ -342,6 +430,16 @@ class BatchJobs:
                 return
         for request in chunk:
             request.attempts += 1
+        # Shielded: once the provider may have created the job, cancelling the run must
+        # not skip recording it (`close` waits for it, bounded), or a rerun would pay again.
+        task = self._submitting = asyncio.ensure_future(self._submit_and_record(api, chunk))
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._submitting = None
+
+    async def _submit_and_record(self, api: BatchAPI[Any], chunk: list[_Request]) -> None:
         try:
             encoded = [request.encoded for request in chunk]
             submitted = await api.submit(encoded)  # type: ignore[arg-type]
@@ -370,6 +468,8 @@ class BatchJobs:
             for request in chunk:
                 self._hand_over(request, Answer(error=exc, category="batch_error"))
             return
+        if self._closing:
+            return  # recorded; `close` cancels it or leaves it to the rerun
         self._announce(job)
         job.task = asyncio.ensure_future(self._wait_for(job))
 
@@ -396,13 +496,14 @@ class BatchJobs:
             if request.reservation is not None:
                 admitted.append(request)
                 continue
+            if error is None:
+                # It fits once calls in flight settle (their jobs end): wait, as online.
+                self._queue_for_job(request)
+                request.not_before = time.monotonic() + LINGER
+                continue
             if self.mode == "auto":
                 self._hand_over(request, Answer(online=True, attempts=request.attempts))
                 continue
-            if error is None:
-                error = BudgetExhaustedError(
-                    "budget exhausted: no room left for the batch request's estimate"
-                )
             self._hand_over(
                 request,
                 Answer(error=error, category="budget_exhausted", attempts=request.attempts),
@@ -471,7 +572,7 @@ class BatchJobs:
         except Exception as exc:
             # A defect here must not leave the job's items waiting for ever.
             logger.exception("Waiting for batch job %s failed", job.job.id)
-            self._give_up_on(job, exc)
+            await self._give_up_on(job, exc)
 
     async def _poll_until_ended(self, job: _Job) -> None:
         config = self.config
@@ -499,13 +600,13 @@ class BatchJobs:
                     deadline,
                 )
                 await self._cancel_job(job)
-                give_up_at = now + CANCEL_TIMEOUT
+                give_up_at = now + CANCELLED_JOB_GRACE
                 interval = float(config.batch_poll_interval)
                 continue
             if give_up_at is not None and now >= give_up_at:
                 # The provider did not end the cancelled job in time: its requests are
                 # past their deadline either way.
-                self._give_up_on(
+                await self._give_up_on(
                     job,
                     BatchRequestNotRun(
                         f"Batch job {job.job.id} did not end after its cancellation",
@@ -520,7 +621,7 @@ class BatchJobs:
                 failures += 1
                 logger.warning("Checking batch job %s failed: %s", job.job.id, exc)
                 if failures >= MAX_POLL_FAILURES:
-                    self._give_up_on(job, exc)
+                    await self._give_up_on(job, exc, cancel=True)
                     return
                 interval = min(interval * 1.5, float(config.batch_max_poll_interval))
                 continue
@@ -542,30 +643,49 @@ class BatchJobs:
             results = await job.api.results(job.job)
         except Exception as exc:
             logger.warning("Reading the results of batch job %s failed: %s", job.job.id, exc)
-            self._give_up_on(job, exc)
+            await self._give_up_on(job, exc)
             return
         by_id = {result.custom_id: result for result in results}
         self._jobs.pop(job.job.id, None)
         for custom_id, request in job.members.items():
-            result = by_id.get(custom_id)
-            if result is None:
-                error: Exception = BatchRequestNotRun(
-                    f"Batch job {job.job.id} ended without a result for the request",
-                    status="missing",
-                )
-                self._failed(request, error, submitted=True, past_deadline=past_deadline)
-                continue
-            try:
-                output, usage = request.api.decode(result, request.item.prompt)
-            except Exception as exc:
-                self._failed(request, exc, submitted=True, past_deadline=past_deadline)
-                continue
-            self._hand_over(request, Answer(output=output, usage=usage, job_id=job.job.id))
+            self._resolve(request, by_id.pop(custom_id, None), job.job.id, past_deadline)
+        if job.resumed and by_id:
+            # Items of this recorded job may still come (a later lookup batch).
+            self._collected[job.job.id] = by_id
         self._wake.set()
 
-    def _give_up_on(self, job: _Job, error: Exception, *, past_deadline: bool = False) -> None:
-        if self._jobs.pop(job.job.id, None) is None:
+    def _resolve(
+        self, request: _Request, result: RequestResult | None, job_id: str, past_deadline: bool
+    ) -> None:
+        """Hand over what `result` (``None``: the job had none) says about `request`."""
+        if result is None:
+            error: Exception = BatchRequestNotRun(
+                f"Batch job {job_id} ended without a result for the request", status="missing"
+            )
+            self._failed(request, error, submitted=True, past_deadline=past_deadline)
+            return
+        try:
+            output, usage = request.api.decode(result, request.item.prompt)
+        except Exception as exc:
+            self._failed(request, exc, submitted=True, past_deadline=past_deadline)
+            return
+        self._hand_over(request, Answer(output=output, usage=usage, job_id=job_id))
+
+    async def _give_up_on(
+        self, job: _Job, error: Exception, *, past_deadline: bool = False, cancel: bool = False
+    ) -> None:
+        """Stop waiting for `job`; its requests fail (or run online, or go again).
+
+        With `cancel` (the job could not be checked) a job this run submitted is cancelled
+        first, as far as the provider still answers: its requests run again elsewhere.
+        """
+        if job.job.id not in self._jobs:
             return  # its items were handed over already
+        if cancel and not job.resumed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cancel_job(job), CANCEL_TIMEOUT)
+        if self._jobs.pop(job.job.id, None) is None:
+            return
         if job.resumed and not past_deadline:
             gone = BatchRequestNotRun(
                 f"The recorded batch job {job.job.id} cannot be collected: {error}",
@@ -617,12 +737,20 @@ class BatchJobs:
                 self._incoming.append(request)
             else:
                 self._queue_for_job(request)
+                request.not_before = time.monotonic() + self._backoff(request.attempts)
             self._wake.set()
             return
         category = "batch_expired" if not_run else info.error_category
         self._hand_over(
             request,
             Answer(error=error, category=category, usage=usage, attempts=request.attempts),
+        )
+
+    def _backoff(self, attempts: int) -> float:
+        """Seconds before a request that failed `attempts` times is submitted again."""
+        retry = self.config.retry
+        return float(
+            min(retry.initial_wait * retry.exponential_base ** (attempts - 1), retry.max_wait)
         )
 
     def _hand_over(self, request: _Request, answer: Answer) -> None:
@@ -643,10 +771,20 @@ class BatchJobs:
     # -- the end -----------------------------------------------------------------------------
 
     async def close(self, *, cancel_jobs: bool) -> None:
-        """Stop waiting; with `cancel_jobs`, cancel the unfinished jobs at the provider."""
+        """Stop waiting; with `cancel_jobs`, cancel the unfinished jobs at the provider.
+
+        A submission in progress is let finish first (bounded), so that the job it may
+        have created is recorded, or cancelled, rather than lost.
+        """
+        self._closing = True
+        loop_task = self._task
+        if loop_task is not None and not loop_task.done():
+            loop_task.cancel()
+            await asyncio.wait([loop_task], timeout=CANCEL_TIMEOUT)
+        submitting = self._submitting
+        if submitting is not None and not submitting.done():
+            await asyncio.wait([submitting], timeout=CANCEL_TIMEOUT)
         tasks = [job.task for job in self._jobs.values() if job.task is not None]
-        if self._task is not None:
-            tasks.append(self._task)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -658,7 +796,22 @@ class BatchJobs:
                     [asyncio.ensure_future(self._cancel_job(job)) for job in running],
                     timeout=CANCEL_TIMEOUT,
                 )
+        self._release_reservations()
         self._jobs.clear()
+
+    def _release_reservations(self) -> None:
+        """Settle the budget's reservations of the requests that never got an outcome: a
+        submitted one is counted at its estimate (its job may still bill it)."""
+        budget = self._budget
+        if budget is None:
+            return
+        unsubmitted = [*self._incoming, *(r for group in self._groups.values() for r in group)]
+        submitted = [r for job in self._jobs.values() for r in job.members.values()]
+        for requests, charged in ((unsubmitted, False), (submitted, True)):
+            for request in requests:
+                reservation, request.reservation = request.reservation, None
+                if reservation is not None:
+                    budget.settle(reservation, None, charge_estimate=charged)
 
     @property
     def running_jobs(self) -> int:

@@ -98,6 +98,9 @@ class CheckpointSession:
         self._keys: dict[int, tuple[str, str]] = {}
         #: The store's metadata when it was opened (batch job records among them).
         self.meta: dict[str, str] = {}
+        #: Ids of the items this run admitted whose entry a previous run left pending (taken
+        #: but never finished): the ones a recorded batch job may still answer.
+        self.unfinished_ids: set[str] = set()
 
     async def open(self) -> None:
         """Open the store and start a new session in it.
@@ -188,6 +191,7 @@ class CheckpointSession:
                     report.replayed += 1
                 elif entry.state is EntryState.PENDING:
                     report.unfinished += 1
+                    self.unfinished_ids.add(item_id)
                 else:
                     report.run_again += 1
             if replay is None:

@@ -216,7 +216,7 @@ class StreamRun:
         # Provider batch jobs (mode "batch" / "auto"): their coordinator, the answers
         # waiting for a worker (by item object), metadata writes waiting for the store.
         self.batch: BatchJobs | None = None
-        self._answers: dict[int, Answer] = {}
+        self._answers: dict[int, list[Answer]] = {}
         self._meta_writes: list[tuple[dict[str, str], asyncio.Future[None]]] = []
         self._intake_paused = False
 
@@ -310,8 +310,11 @@ class StreamRun:
         if type(item) is ReplayJob:
             return item.result
         runner = self.processor._runner
-        answer = self._answers.pop(id(item), None) if self._answers else None
-        if answer is not None:
+        answers = self._answers.get(id(item)) if self._answers else None
+        if answers:
+            answer = answers.pop(0)
+            if not answers:
+                del self._answers[id(item)]
             return await runner.run_answered(item, worker, answer)
         result: WorkItemResult[Any, Any] = await runner.run(item, worker)
         return result
@@ -332,6 +335,14 @@ class StreamRun:
             if dispatcher.observers:
                 dispatcher.publish(ProcessingEvent.BATCH_JOB_UPDATED, payload)
 
+        def may_attach(item_id: str) -> bool:
+            assert checkpoint is not None
+            unfinished = checkpoint.unfinished_ids
+            if item_id in unfinished:
+                unfinished.discard(item_id)
+                return True
+            return False
+
         return BatchJobs(
             mode=config.mode,
             config=config,
@@ -342,6 +353,8 @@ class StreamRun:
             records=read_job_records(checkpoint.meta) if checkpoint is not None else {},
             publish=publish,
             budget=processor.budget,
+            may_attach=may_attach if checkpoint is not None else None,
+            stopping=processor._runner.stopping,
         )
 
     def _route(self, item: Any, seq: int) -> None:
@@ -355,9 +368,10 @@ class StreamRun:
         self._queue_live(item, seq)
 
     def _check_batchable(self, item: Any) -> None:
-        """In mode "batch", refuse an item whose strategy has no batch API."""
+        """Ask the item's strategy for its batch API (before the item counts as taken: a
+        hook that fails stops the intake); in mode "batch", refuse one without."""
         batch = self.batch
-        if batch is None or batch.mode != "batch" or batch.api_for(item.strategy) is not None:
+        if batch is None or batch.api_for(item.strategy) is not None or batch.mode != "batch":
             return
         msg = (
             f"mode='batch', but {type(item.strategy).__name__} (item {item.item_id!r}) has no "
@@ -367,7 +381,8 @@ class StreamRun:
         raise ValueError(msg)
 
     def _deliver_answer(self, item: Any, seq: int, answer: Answer) -> None:
-        self._answers[id(item)] = answer
+        # A list: the same item object may be taken twice.
+        self._answers.setdefault(id(item), []).append(answer)
         self._queue_live(item, seq)
         batch = self.batch
         if batch is not None and batch.outstanding == 0:
@@ -496,8 +511,7 @@ class StreamRun:
                         await processor._lifecycle.cleanup_all()
 
     def _cancels_batch_jobs(self, exit_error: BaseException | None) -> bool:
-        batch = self.batch
-        if batch is None or batch.running_jobs == 0:
+        if self.batch is None:
             return False
         policy = self.processor.config.batch_on_cancel
         if policy == "auto":

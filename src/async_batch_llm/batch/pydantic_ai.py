@@ -207,10 +207,34 @@ def _fixed_instructions(agent: Any) -> str | None:
     return "\n\n".join(parts)
 
 
+#: The capabilities every pydantic-ai agent has, which add nothing to a single request.
+_DEFAULT_CAPABILITIES: Final = frozenset({"ToolSearch", "PendingMessageDrainCapability"})
+
+
 def _has_run_logic(agent: Any) -> bool:
+    """Whether a run of `agent` may be more than the one request built here: tools of any
+    kind, toolsets, output validators, capabilities that add instructions, settings or
+    native tools, instructions computed per run."""
     toolset = getattr(agent, "_function_toolset", None)
-    tools = getattr(toolset, "tools", None)
-    return bool(tools) or bool(getattr(agent, "_output_validators", None))
+    if getattr(toolset, "tools", None):
+        return True
+    for name in (
+        "_output_validators",
+        "_user_toolsets",
+        "_dynamic_toolsets",
+        "_cap_toolsets",
+        "_cap_instructions",
+        "_cap_model_settings",
+        "_system_prompt_dynamic_functions",
+    ):
+        if getattr(agent, name, None):
+            return True
+    for tool in getattr(agent, "_cap_native_tools", None) or ():
+        if not getattr(tool, "optional", False):
+            return True
+    root = getattr(agent, "_root_capability", None)
+    capabilities = getattr(root, "capabilities", None) or ()
+    return any(type(c).__name__ not in _DEFAULT_CAPABILITIES for c in capabilities)
 
 
 def _is_structured(output_type: Any) -> bool:

@@ -442,8 +442,12 @@ async def _run(
     def stop_gracefully() -> None:
         processor.drain()
         if batch and interrupt.task is not None:
-            # Submitted jobs are in the state file: a rerun collects them, nothing waits.
-            progress.print("Stopping: the batch jobs keep running; rerun to collect them ...")
+            if state is None:
+                # Nothing could collect them later: they are cancelled at the provider.
+                progress.print("Stopping: cancelling the batch jobs (no state file) ...")
+            else:
+                # Submitted jobs are in the state file: a rerun collects them.
+                progress.print("Stopping: the batch jobs keep running; rerun to collect them ...")
             interrupt.task.cancel()
             return
         progress.print("Stopping: finishing the calls in flight (Ctrl-C again to cancel them) ...")
