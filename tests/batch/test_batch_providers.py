@@ -349,3 +349,31 @@ async def test_with_a_checkpoint_a_cancelled_run_keeps_its_jobs_unless_told_othe
         with pytest.raises(asyncio.CancelledError):
             await task
         assert sim.batch_jobs[-1].cancelled is cancelled
+
+
+def test_agents_whose_runs_are_more_than_one_request_stay_online() -> None:
+    from pydantic_ai.toolsets import FunctionToolset
+
+    model = AnthropicModel("claude-haiku-4-5", provider=AnthropicProvider(api_key="k"))
+    assert PydanticAIStrategy(Agent(model, instructions="Be brief.")).batch_api() is not None
+
+    toolset = FunctionToolset()
+
+    @toolset.tool_plain
+    def lookup(key: str) -> str:
+        return key
+
+    with_tool = Agent(model)
+
+    @with_tool.tool_plain
+    def double(x: int) -> int:
+        return 2 * x
+
+    dynamic = Agent(model)
+
+    @dynamic.instructions
+    def today() -> str:
+        return "It is Tuesday."
+
+    for agent in (Agent(model, toolsets=[toolset]), with_tool, dynamic):
+        assert PydanticAIStrategy(agent).batch_api() is None
