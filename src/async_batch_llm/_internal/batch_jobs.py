@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Final
 
-from async_batch_llm._internal.values import BATCH_USAGE_KEY, TokenUsage
+from async_batch_llm._internal.values import BATCH_USAGE_KEY, TokenUsage, empty_usage
 from async_batch_llm.batch.base import (
     BatchAPI,
     BatchJob,
@@ -39,6 +39,7 @@ from async_batch_llm.batch.base import (
     RequestResult,
 )
 from async_batch_llm.checkpoint._identity import prompt_hash
+from async_batch_llm.token_extractor import TokenExtractor
 
 __all__ = ["Answer", "BatchJobs", "JOB_RECORD_PREFIX", "read_job_records"]
 
@@ -58,6 +59,7 @@ BACKOFF_SLACK: Final = 0.25
 MAX_POLL_FAILURES: Final = 5
 #: Metadata keys of the job records in a checkpoint store.
 JOB_RECORD_PREFIX: Final = "batch_job:"
+_extractor = TokenExtractor()
 #: Characters of the prompt hash kept in a job record (enough to tell an edited prompt).
 _HASH_CHARS: Final = 16
 
@@ -69,7 +71,7 @@ class Answer:
     (run the item online now).
     """
 
-    __slots__ = ("attempts", "category", "error", "job_id", "online", "output", "usage")
+    __slots__ = ("attempts", "category", "error", "online", "output", "usage")
 
     def __init__(
         self,
@@ -80,15 +82,13 @@ class Answer:
         category: str | None = None,
         online: bool = False,
         attempts: int = 1,
-        job_id: str | None = None,
     ) -> None:
         self.output = output
-        self.usage: TokenUsage = usage if usage is not None else _no_usage()
+        self.usage: TokenUsage = usage if usage is not None else empty_usage()
         self.error = error
         self.category = category
         self.online = online
         self.attempts = attempts
-        self.job_id = job_id
 
     @property
     def succeeded(self) -> bool:
@@ -224,8 +224,6 @@ class BatchJobs:
         #: Set by the run when no more items will come for now (the source is exhausted or
         #: the window is full): groups are submitted without waiting for more.
         self.intake_idle = False
-        self.resumed_requests = 0
-        self.submitted_jobs = 0
 
     # -- intake ------------------------------------------------------------------------
 
@@ -345,7 +343,6 @@ class BatchJobs:
             # Its job was collected for earlier items of this run: no second download.
             request.custom_id = custom_id
             request.attempts = int(self._records.get(job_id, {}).get("attempts", 1))
-            self.resumed_requests += 1
             self._resolve(request, collected.pop(custom_id, None), job_id, past_deadline=False)
             return True
         job = self._jobs.get(job_id)
@@ -363,7 +360,6 @@ class BatchJobs:
         request.custom_id = custom_id
         request.attempts = int(self._records.get(job_id, {}).get("attempts", 1))
         job.members[custom_id] = request
-        self.resumed_requests += 1
         return True
 
     async def _submit_ready(self) -> float | None:
@@ -387,8 +383,9 @@ class BatchJobs:
             try:
                 while waiting:
                     api = waiting[0].api
-                    chunk = _take_chunk(waiting, api, self.config.batch_max_requests)
-                    full = len(chunk) < len(waiting) or len(chunk) >= _cap(api, self.config)
+                    cap = _cap(api, self.config)
+                    chunk = _take_chunk(waiting, api, cap)
+                    full = len(chunk) < len(waiting) or len(chunk) >= cap
                     due = waiting[0].since + LINGER
                     if not (full or self.intake_idle or now >= due):
                         next_due = due - now if next_due is None else min(next_due, due - now)
@@ -457,7 +454,6 @@ class BatchJobs:
         for request in chunk:
             job.members[request.custom_id] = request
         self._jobs[submitted.id] = job
-        self.submitted_jobs += 1
         try:
             await self._record(job)
         except Exception as exc:
@@ -475,19 +471,13 @@ class BatchJobs:
 
     def _reserve(self, chunk: list[_Request]) -> list[_Request]:
         """The requests of `chunk` the budget has room for; the others end now."""
-        from async_batch_llm._internal.admission import estimate_tokens
+        from async_batch_llm._internal.budget_gate import prompt_estimate
         from async_batch_llm.budget import BudgetExhaustedError
 
         budget = self._budget
         admitted = []
         for request in chunk:
-            strategy = request.item.strategy
-            hook = (
-                "estimate_input_tokens"
-                if hasattr(strategy, "estimate_input_tokens")
-                else "estimate_tokens"
-            )
-            tokens = estimate_tokens(strategy, request.item.prompt, hook)
+            tokens = prompt_estimate(request.item.strategy, request.item.prompt)
             error: Exception | None = None
             try:
                 request.reservation = budget.try_reserve(tokens, batch=True)
@@ -669,7 +659,7 @@ class BatchJobs:
         except Exception as exc:
             self._failed(request, exc, submitted=True, past_deadline=past_deadline)
             return
-        self._hand_over(request, Answer(output=output, usage=usage, job_id=job_id))
+        self._hand_over(request, Answer(output=output, usage=usage))
 
     async def _give_up_on(
         self, job: _Job, error: Exception, *, past_deadline: bool = False, cancel: bool = False
@@ -717,7 +707,7 @@ class BatchJobs:
         past_deadline: bool = False,
         resubmit: bool = True,
     ) -> None:
-        usage = _failed_usage(error)
+        usage: Any = _extractor.extract_from_exception(error)
         if self.mode == "auto":
             self._hand_over(request, Answer(online=True, usage=usage, attempts=request.attempts))
             return
@@ -835,13 +825,8 @@ def _cap(api: BatchAPI[Any], config: Any) -> int:
     return max(cap, 1)
 
 
-def _take_chunk(
-    waiting: list[_Request], api: BatchAPI[Any], max_requests: int | None
-) -> list[_Request]:
-    """The first requests of `waiting` that fit in one job (by count and bytes)."""
-    cap = int(api.max_requests)
-    if max_requests is not None:
-        cap = min(cap, int(max_requests))
+def _take_chunk(waiting: list[_Request], api: BatchAPI[Any], cap: int) -> list[_Request]:
+    """The first requests of `waiting` that fit in one job (`cap` requests, and bytes)."""
     limit = api.max_bytes
     chunk: list[_Request] = []
     size = 0
@@ -862,14 +847,3 @@ def _submitted(record: dict[str, Any]) -> float:
         return float(record["job"]["submitted_at"])
     except (KeyError, TypeError, ValueError):
         return 0.0
-
-
-def _failed_usage(error: Exception) -> TokenUsage:
-    from async_batch_llm.token_extractor import TokenExtractor
-
-    usage: Any = TokenExtractor().extract_from_exception(error)
-    return usage  # type: ignore[no-any-return]
-
-
-def _no_usage() -> TokenUsage:
-    return {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}

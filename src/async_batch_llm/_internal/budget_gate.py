@@ -13,7 +13,7 @@ from async_batch_llm.token_extractor import TokenExtractor
 if TYPE_CHECKING:
     from async_batch_llm.budget import Budget, Reservation
 
-__all__ = ["BudgetAdmission"]
+__all__ = ["BudgetAdmission", "prompt_estimate"]
 
 _extractor = TokenExtractor()
 
@@ -44,6 +44,18 @@ class _BudgetPermit:
         return self.inner.describe()
 
 
+def prompt_estimate(strategy: Any, prompt: str) -> int:
+    """The prompt tokens a budget books for a call of `strategy` (it adds the output).
+
+    The prompt alone: a strategy's ``estimate_tokens()`` may add the output it reserves
+    against a tokens-per-minute limit, and the budget adds its own output estimate.
+    """
+    hook = (
+        "estimate_input_tokens" if hasattr(strategy, "estimate_input_tokens") else "estimate_tokens"
+    )
+    return estimate_tokens(strategy, prompt, hook)
+
+
 class BudgetAdmission:
     """Admits through `inner` only attempts whose estimate fits in `budget`.
 
@@ -69,14 +81,7 @@ class BudgetAdmission:
         limited: BaseException | None,
     ) -> Permit:
         inner_after = after.inner if type(after) is _BudgetPermit else after
-        # The prompt alone: a strategy's estimate_tokens() may add the output it reserves
-        # against a tokens-per-minute limit, and the budget adds its own output estimate.
-        hook = (
-            "estimate_input_tokens"
-            if hasattr(strategy, "estimate_input_tokens")
-            else "estimate_tokens"
-        )
-        reservation = await self.budget.reserve(estimate_tokens(strategy, prompt, hook))
+        reservation = await self.budget.reserve(prompt_estimate(strategy, prompt))
         try:
             inner = self.inner
             permit = inner.try_admit(strategy, worker_id, inner_after, limited)

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from async_batch_llm._internal.usage import FAILED_USAGE_ATTR
 from async_batch_llm._internal.values import LLMResponse, TokenUsage
 from async_batch_llm.batch.base import (
     BatchAPI,
@@ -120,6 +119,7 @@ class GeminiBatchAPI(BatchAPI[Any]):
         return await self.refresh(job)
 
     def decode(self, result: RequestResult, prompt: str) -> tuple[Any, TokenUsage]:
+        from async_batch_llm.llm_strategies import _record_failed_usage
         from async_batch_llm.models import response_of
 
         if result.status in ("expired", "canceled"):
@@ -136,9 +136,8 @@ class GeminiBatchAPI(BatchAPI[Any]):
         try:
             output = self._parse(response)
         except Exception as exc:
-            attributes = getattr(exc, "__dict__", None)
-            if attributes is not None:
-                attributes.setdefault(FAILED_USAGE_ATTR, usage)
+            # As online: the parser's error carries the tokens the request was billed.
+            _record_failed_usage(exc, usage)
             raise
         return output, usage
 

@@ -201,9 +201,7 @@ class ChatStrategy(PydanticAIStrategy[Any]):
         self._settings: dict[str, Any] = dict(agent.model_settings or {})
 
     async def _run(self, prompt: str) -> Any:
-        messages, options = parse_request(prompt)
-        system = "\n\n".join(m.content for m in messages if m.role == "system") or None
-        turns: list[ChatMessage] = [m for m in messages if m.role != "system"]
+        system, turns, options = _split_request(prompt)
         if self.schema is None:
             return await self._request(system, turns, options)
         return await self._run_agent(system, turns, options)
@@ -217,9 +215,7 @@ class ChatStrategy(PydanticAIStrategy[Any]):
         from async_batch_llm.batch.pydantic_ai import PydanticAIBatchAPI
 
         def messages_for(prompt: str) -> tuple[list[Any], dict[str, Any] | None]:
-            messages, options = parse_request(prompt)
-            system = "\n\n".join(m.content for m in messages if m.role == "system") or None
-            turns: list[ChatMessage] = [m for m in messages if m.role != "system"]
+            system, turns, options = _split_request(prompt)
             settings = {**self._settings, **model_settings(options)}
             return _history(system, turns), settings or None
 
@@ -265,6 +261,14 @@ class ChatStrategy(PydanticAIStrategy[Any]):
     def checkpoint_identity(self) -> object:
         identity = super().checkpoint_identity()
         return {"model": str(self.spec), "agent": identity, "schema": self.schema}
+
+
+def _split_request(prompt: str) -> tuple[str | None, list[ChatMessage], dict[str, Any]]:
+    """A rendered request's system prompt (its system messages joined), its other turns
+    and its options."""
+    messages, options = parse_request(prompt)
+    system = "\n\n".join(m.content for m in messages if m.role == "system") or None
+    return system, [m for m in messages if m.role != "system"], options
 
 
 def _history(system: str | None, turns: list[ChatMessage]) -> list[Any]:

@@ -143,18 +143,6 @@ class _Interrupt:
             self.task.cancel()
 
 
-def _pricing(pricer: Any, batch_pricer: Any) -> Any:
-    """The budget's cost function: batch requests at batch prices."""
-    from async_batch_llm._internal.values import BATCH_USAGE_KEY
-
-    def price(usage: Mapping[str, int]) -> Decimal | None:
-        chosen = batch_pricer if usage.get(BATCH_USAGE_KEY) else pricer
-        result: Decimal | None = chosen.price(usage)
-        return result
-
-    return price
-
-
 class JobWatcher(BaseObserver):
     """Follows the run's provider batch jobs for the progress line."""
 
@@ -371,7 +359,8 @@ async def _run(
         budget = Budget(
             max_total_cost=options.max_cost,
             max_total_tokens=options.max_tokens_total,
-            cost=_pricing(pricer, batch_pricer) if pricer.known else None,
+            # Priced with genai-prices, batch requests at batch rates.
+            model=model_name if pricer.known else None,
             output_tokens_estimate=expected_output
             if isinstance(expected_output, int) and expected_output >= 0
             else DEFAULT_OUTPUT_TOKENS_ESTIMATE,
