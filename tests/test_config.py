@@ -112,6 +112,7 @@ class TestDefaults:
             "batch_max_poll_interval",
             "batch_max_requests",
             "batch_on_cancel",
+            "timeline_interval",
         ]
         # The hook bounds and batch settings are keyword-only: the 0.7.2 positional order
         # stays as it was.
@@ -128,6 +129,7 @@ class TestDefaults:
             "batch_max_poll_interval",
             "batch_max_requests",
             "batch_on_cancel",
+            "timeline_interval",
         ]
 
     def test_positional_construction(self) -> None:

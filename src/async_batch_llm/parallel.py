@@ -33,6 +33,7 @@ from async_batch_llm._internal.compat import ProcessorCompat
 from async_batch_llm._internal.deprecation import config_from_legacy_args
 from async_batch_llm._internal.event_dispatcher import EventDispatcher
 from async_batch_llm._internal.hooks import run_in_task
+from async_batch_llm._internal.instruments import Instruments, Listener
 from async_batch_llm._internal.item_runner import (
     ERROR_MESSAGE_DETAILED_LENGTH,
     ERROR_MESSAGE_MAX_LENGTH,
@@ -67,7 +68,7 @@ from async_batch_llm.checkpoint.base import CheckpointReport, CheckpointStore, R
 from async_batch_llm.core.config import ProcessorConfig
 from async_batch_llm.middleware.base import Middleware
 from async_batch_llm.observers.base import ProcessingEvent, ProcessorObserver
-from async_batch_llm.rate_control import AdaptiveRateLimitStrategy
+from async_batch_llm.rate_control import AdaptiveRateLimitStrategy, ScopeSnapshot
 from async_batch_llm.strategies.errors import (
     DefaultErrorClassifier,
     ErrorClassifier,
@@ -75,6 +76,7 @@ from async_batch_llm.strategies.errors import (
     HookTimeoutError,
 )
 from async_batch_llm.strategies.rate_limit import ExponentialBackoffStrategy, RateLimitStrategy
+from async_batch_llm.telemetry import OpenTelemetry
 
 __all__ = ["ERROR_MESSAGE_DETAILED_LENGTH", "ERROR_MESSAGE_MAX_LENGTH", "ParallelBatchProcessor"]
 
@@ -132,6 +134,9 @@ class ParallelBatchProcessor(
         budget: A spending limit (`Budget`): attempts are admitted only while their
             estimated cost and tokens fit; once it is spent the remaining items fail with
             `BudgetExhaustedError`.
+        telemetry: `OpenTelemetry()` to emit a span per item and per attempt and the
+            batch's metrics (see `async_batch_llm.telemetry`); ``None`` (the default)
+            emits nothing and costs nothing.
 
     Raises:
         TypeError: An argument has the wrong type (the message names it).
@@ -157,6 +162,7 @@ class ParallelBatchProcessor(
         resume: ResumePolicy = ResumePolicy.REUSE_SUCCESSES,
         checkpoint_version: str | None = None,
         budget: Budget | None = None,
+        telemetry: OpenTelemetry | None = None,
     ) -> None:
         given: object = config
         if given is not None and not isinstance(given, ProcessorConfig):
@@ -165,6 +171,13 @@ class ParallelBatchProcessor(
         given_budget: object = budget
         if given_budget is not None and not isinstance(given_budget, Budget):
             msg = f"budget must be a Budget, got {type(given_budget).__name__}"
+            raise TypeError(msg)
+        given_telemetry: object = telemetry
+        if given_telemetry is not None and not isinstance(given_telemetry, OpenTelemetry):
+            msg = (
+                "telemetry must be an async_batch_llm.telemetry.OpenTelemetry, got "
+                f"{type(given_telemetry).__name__}"
+            )
             raise TypeError(msg)
         #: The spending limit every attempt is admitted through (``None``: no limit).
         self.budget = budget
@@ -227,6 +240,17 @@ class ParallelBatchProcessor(
             lifecycle=self._lifecycle,
             count_rate_limit=self._count_rate_limit,
         )
+        #: OpenTelemetry's spans and metrics (``None``: not enabled, nothing is emitted).
+        self._otel: Listener | None = None
+        if telemetry is not None:
+            from async_batch_llm._internal.otel import OTelInstruments
+
+            self._otel = OTelInstruments(
+                tracer_provider=telemetry.tracer_provider,
+                meter_provider=telemetry.meter_provider,
+                scopes=self._scope_snapshots,
+            )
+        self._runner.instruments = Instruments.of(self._otel, None)
         self._pool: WorkerPool | None = None
         # The stream (or checkpointed process_all) running now; `shutdown` stops it.
         self._active_run: StreamRun | None = None
@@ -576,7 +600,7 @@ class ParallelBatchProcessor(
 
         return WorkerPool(
             self._queue,
-            run=run or self._runner.run,
+            run=run or self._runner.entry_point(),
             on_defect=self._defect_result,
             record=record or self._record_result,
             post=post or self._post_process,
@@ -674,6 +698,13 @@ class ParallelBatchProcessor(
         )
         if self._dispatcher.observers:
             self._dispatcher.publish(kind, dict(payload))
+
+    def _scope_snapshots(self) -> list[ScopeSnapshot]:
+        """The state of each rate-limit scope (adaptive rate control only), for telemetry."""
+        strategy = self._coordinator.strategy
+        if isinstance(strategy, AdaptiveRateLimitStrategy):
+            return strategy.controller.snapshot()
+        return []
 
     def _count_rate_limit(self) -> None:
         self._stats.rate_limit_count += 1

@@ -55,6 +55,7 @@ from async_batch_llm.token_extractor import TokenExtractor
 if TYPE_CHECKING:
     from async_batch_llm._internal.batch_jobs import Answer
     from async_batch_llm._internal.event_dispatcher import EventDispatcher
+    from async_batch_llm._internal.instruments import Attempt, Instruments
     from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
     from async_batch_llm.base import LLMWorkItem
     from async_batch_llm.core.config import ProcessorConfig
@@ -118,6 +119,7 @@ class WorkerContext:
 
     __slots__ = (
         "abandoned",
+        "admission_wait",
         "deadline",
         "drain_cancelled",
         "hook_timeout",
@@ -151,6 +153,9 @@ class WorkerContext:
         #: Whether the item's failed result says something about the item itself (a
         #: permanent error for it), so a checkpoint may replay it; set by the runner.
         self.replayable_failure = False
+        #: Seconds the next attempt waited for admission (read by `Instruments`; only
+        #: the waiting path writes it).
+        self.admission_wait = 0.0
 
     async def run_hook(self, awaitable: Awaitable[Any], what: str) -> Any:
         """Await a user hook under ``hook_timeout`` (see `run_step`)."""
@@ -206,6 +211,9 @@ class ItemRunner:
         self.token_extractor = TokenExtractor()
         self.usage = UsageNormalizer()
         self._count_rate_limit = count_rate_limit
+        #: The observability hooks (OpenTelemetry, a checkpoint's timeline); ``None``
+        #: when nothing listens, which the attempt path tests once per attempt.
+        self.instruments: Instruments | None = None
 
     def stopping(self) -> bool:
         """Whether `draining` is set (a call: it may change while an attempt waits)."""
@@ -245,6 +253,24 @@ class ItemRunner:
                 # The wait swallowed the drain's cancellation: withdraw it all the same.
                 worker.drain_cancelled = False
                 worker.deadline.task.uncancel()
+
+    def entry_point(self) -> Callable[..., Awaitable[WorkItemResult[Any, Any]]]:
+        """What a worker calls to run an item: `run`, or `run_instrumented` when listened to."""
+        return self.run if self.instruments is None else self.run_instrumented
+
+    async def run_instrumented(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        worker: WorkerContext,
+        *,
+        raise_on_failure: bool = False,
+    ) -> WorkItemResult[Any, Any]:
+        """`run` inside the item's span (see `Instruments.run_item`)."""
+        instruments = self.instruments
+        run = self.run(item, worker, raise_on_failure=raise_on_failure)
+        if instruments is None:
+            return await run
+        return await instruments.run_item(item, run)
 
     def reconfigure(self, config: ProcessorConfig) -> None:
         """Use `config` (validated) from now on, e.g. after the user edited it in place."""
@@ -287,9 +313,11 @@ class ItemRunner:
         try:
             permit = admission.try_admit(strategy, worker.worker_id, None, None)
             if permit is None:
+                waiting_since = time.monotonic()
                 admitted = await self._drainable(
                     worker, admission.admit(strategy, item.prompt, worker.worker_id, None, None)
                 )
+                worker.admission_wait = time.monotonic() - waiting_since
                 if admitted is None:
                     return self._skipped(item, 0, DRAINED_ERROR)
                 permit = admitted
@@ -397,10 +425,12 @@ class ItemRunner:
             try:
                 ready = admission.try_admit(strategy, worker.worker_id, permit, limited)
                 if ready is None:
+                    waiting_since = time.monotonic()
                     ready = await self._drainable(
                         worker,
                         admission.admit(strategy, item.prompt, worker.worker_id, permit, limited),
                     )
+                    worker.admission_wait = time.monotonic() - waiting_since
                     if ready is None:
                         drained = self._skipped(item, number - 1, DRAINED_ERROR)
                         drained.token_usage = dict(spent)  # type: ignore[assignment]
@@ -464,6 +494,11 @@ class ItemRunner:
             work_item = prepared
         config = self.config
         deadline = worker.deadline
+        instruments = self.instruments
+        probe: Attempt | None = None
+        if instruments is not None:
+            probe = instruments.attempt_started(item, number, strategy, worker.admission_wait)
+            worker.admission_wait = 0.0
         try:
             # The call runs here, not in a helper coroutine: a frame less per attempt.
             if config.dry_run:
@@ -494,11 +529,17 @@ class ItemRunner:
                 error = self._attempt_error(exc, work_item, strategy, worker, start)
             except BaseException:
                 permit.settle(Outcome.RELEASED)
+                if probe is not None:
+                    probe.end(None, exc, None, permit)
                 raise
             info = self._classify(error)
             permit.settle(_outcome_of(error, info), error)
+            if probe is not None:
+                probe.end(None, error, info, permit)
             return Failed(error, info, permit)
         permit.settle(Outcome.SUCCEEDED, usage)
+        if probe is not None:
+            probe.end(usage, None, None, permit)
         # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(
             work_item.item_id, True, output, None, work_item.context, usage, None, False, number

@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from async_batch_llm._internal.instruments import Instruments
+from async_batch_llm._internal.timeline import TimelineRecorder
 from async_batch_llm._internal.values import WorkItemResult
 from async_batch_llm.observers.base import ProcessingEvent
 
@@ -219,6 +221,9 @@ class StreamRun:
         self._answers: dict[int, list[Answer]] = {}
         self._meta_writes: list[tuple[dict[str, str], asyncio.Future[None]]] = []
         self._intake_paused = False
+        # The timeline a checkpointed run records (`ProcessorConfig.timeline_interval`).
+        self.timeline: TimelineRecorder | None = None
+        self._timeline_task: asyncio.Task[None] | None = None
 
     # -- the consumer --------------------------------------------------------------------
 
@@ -288,6 +293,7 @@ class StreamRun:
         if self.checkpoint is not None:
             await self.checkpoint.open()
             runner = processor._runner
+            self._start_timeline()
             if processor._dispatcher.observers:
                 self._restore_publish = runner.publish_final
                 runner.publish_final = self._hold_event
@@ -305,6 +311,8 @@ class StreamRun:
         self._intake = asyncio.ensure_future(self._take_items())
         if self.checkpoint is not None:
             self._store_task = asyncio.ensure_future(self._store_loop())
+            if self.timeline is not None:
+                self._timeline_task = asyncio.ensure_future(self._record_timeline())
 
     async def _run_job(self, item: Any, worker: Any) -> WorkItemResult[Any, Any]:
         if type(item) is ReplayJob:
@@ -315,9 +323,57 @@ class StreamRun:
             answer = answers.pop(0)
             if not answers:
                 del self._answers[id(item)]
-            return await runner.run_answered(item, worker, answer)
-        result: WorkItemResult[Any, Any] = await runner.run(item, worker)
+            answered = runner.run_answered(item, worker, answer)
+            instruments = runner.instruments
+            if instruments is None:
+                return await answered
+            return await instruments.run_item(item, answered)
+        result: WorkItemResult[Any, Any] = await runner.entry_point()(item, worker)
         return result
+
+    # -- the timeline --------------------------------------------------------------------------
+
+    def _start_timeline(self) -> None:
+        processor = self.processor
+        interval = processor.config.timeline_interval
+        checkpoint = self.checkpoint
+        if interval is None or checkpoint is None:
+            return
+        self.timeline = TimelineRecorder(
+            checkpoint.session, interval=interval, scopes=processor._scope_snapshots
+        )
+        processor._runner.instruments = Instruments.of(processor._otel, self.timeline)
+
+    async def _record_timeline(self) -> None:
+        timeline = self.timeline
+        assert timeline is not None
+        while True:
+            await asyncio.sleep(timeline.interval)
+            try:
+                await self._save_meta(timeline.flush())
+            except Exception:
+                # The store stopped (the run reports that itself) or refused the write.
+                logger.debug("Recording the timeline failed", exc_info=True)
+                return
+
+    def _stop_timeline(self) -> None:
+        """Stop sampling and queue the last sample for the store task's final writes."""
+        task, self._timeline_task = self._timeline_task, None
+        if task is not None:
+            task.cancel()
+        timeline = self.timeline
+        if timeline is None:
+            return
+        self.timeline = None
+        self.processor._runner.instruments = Instruments.of(self.processor._otel, None)
+        store = self._store_task
+        if store is None or store.done():
+            return
+        done = asyncio.get_running_loop().create_future()
+        # Nobody waits for it: the store task either writes it before it stops or fails.
+        done.add_done_callback(lambda future: future.cancelled() or future.exception())
+        self._meta_writes.append((timeline.flush(final=True), done))
+        self._store_wake.set()
 
     # -- provider batch jobs ---------------------------------------------------------------
 
@@ -660,6 +716,9 @@ class StreamRun:
     def _count_replayed(self, result: WorkItemResult[Any, Any], item: Any) -> None:
         processor = self.processor
         processor._count_result(result, item, spent=False)
+        instruments = processor._runner.instruments
+        if instruments is not None:
+            instruments.item_replayed(item, result)
         dispatcher = processor._dispatcher
         if dispatcher.observers:
             dispatcher.publish(
@@ -827,6 +886,7 @@ class StreamRun:
         task = self._store_task
         if task is None:
             return
+        self._stop_timeline()
         self._draining = True
         self._store_wake.set()
         if not task.done():

@@ -537,10 +537,16 @@ class SQLiteCheckpointReader:
         """The entry of each of `item_ids` (``None`` for an id the store does not hold)."""
         return _lookup(self._conn, list(item_ids), self._path)
 
-    def entries(self) -> Iterator[CheckpointEntry]:
-        """Every entry, in item id order."""
+    def entries(self, *, outputs: bool = True) -> Iterator[CheckpointEntry]:
+        """Every entry, in item id order.
+
+        Args:
+            outputs: Read the stored outputs too; ``False`` leaves `CheckpointEntry.codec`
+                and `CheckpointEntry.payload` ``None`` and reads much less (a report).
+        """
+        columns = _COLUMNS if outputs else _COLUMNS.replace("codec, payload", "NULL, NULL")
         with _sqlite_errors(self._path, "reading entries"):
-            cursor = self._conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY item_id")
+            cursor = self._conn.execute(f"SELECT {columns} FROM entries ORDER BY item_id")
             while rows := cursor.fetchmany(_LOOKUP_CHUNK):
                 for entry in _to_entries(rows, self._path):
                     assert entry is not None

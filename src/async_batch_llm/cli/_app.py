@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import click
@@ -168,8 +170,33 @@ def _state_command(function: Any, *args: Any, **kwargs: Any) -> Any:
 @cli.command("status")
 @click.argument("state")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def status_command(state: str, as_json: bool) -> None:
-    """What the state file STATE holds: results by state, the model, the runs."""
+@click.option(
+    "-w", "--watch", is_flag=True, help="show the run's progress live until Ctrl-C (while it runs)"
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="seconds between refreshes of --watch",
+)
+def status_command(state: str, as_json: bool, watch: bool, interval: float) -> None:
+    """What the state file STATE holds: results by state, the model, the runs.
+
+    With --watch: items done, the rates now (items, calls and 429s per minute), cost,
+    each rate-limit scope's limit against the rate achieved and latency per model,
+    refreshed while another process runs the batch.
+    """
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch draws a live view; it cannot be combined with --json")
+        from rich.console import Console
+
+        from async_batch_llm.cli._watch import watch as watch_state
+
+        with contextlib.suppress(KeyboardInterrupt):  # stopping the view is not an error
+            watch_state(state, interval=interval, console=Console(stderr=False))
+        return
     from async_batch_llm.cli._state import status
 
     info = _state_command(status, state)
@@ -191,6 +218,33 @@ def status_command(state: str, as_json: bool) -> None:
                 f"  {job['id']} ({job['provider']}:{job['model']}): {job['provider_status']}, "
                 f"{job['requests']:,} request(s)" + (f" ({counts})" if counts else "")
             )
+
+
+@cli.command("report")
+@click.argument("state")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="the HTML file to write (default: STATE with .html added)",
+)
+@click.option("--title", help="the report's title")
+def report_command(state: str, output: str | None, title: str | None) -> None:
+    """Write a self-contained HTML report of the state file STATE.
+
+    Throughput and 429s over time, each rate-limit scope's limit against the rate
+    achieved, latency per model, attempts per item, cost over time and by model, the
+    slowest and the failed items. One file: it opens offline, with no server.
+    """
+    from async_batch_llm.report import write_report
+
+    if not Path(state).exists():
+        click.echo(f"abl: error: {state} does not exist", err=True)
+        sys.exit(ExitCode.USAGE)
+    target = output or f"{state}.html"
+    path = _state_command(write_report, state, target, title=title)
+    size = path.stat().st_size
+    click.echo(f"wrote {path} ({size / 1_000_000:.1f} MB)", err=True)
 
 
 @cli.command("export")

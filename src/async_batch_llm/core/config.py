@@ -394,6 +394,11 @@ class ProcessorConfig:
     leaves them running for a rerun to collect (they are in the checkpoint), ``"cancel"``
     cancels them at the provider; ``"auto"`` keeps them when a checkpoint records them and
     cancels them otherwise (nothing could collect them)."""
+    timeline_interval: float | None = field(default=2.0, kw_only=True)
+    """Seconds between the samples a run with a checkpoint records in its store: items,
+    calls, 429s, tokens and cost per interval, each rate-limit scope's limit and achieved
+    rate, latency per model, the slowest items. ``abl report`` and ``abl status --watch``
+    (and `async_batch_llm.report`) show them. ``None``: record no timeline."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -566,5 +571,12 @@ _BATCH_RULES: Final = (
             or (float(c.batch_max_requests).is_integer() and c.batch_max_requests >= 1)
         ),
         "pass the most requests per job, e.g. batch_max_requests=10000, or None",
+    ),
+    _Rule(
+        "timeline_interval",
+        "optional number",
+        "timeline_interval must be > 0 or None",
+        _positive_or_none("timeline_interval"),
+        "pass the seconds between timeline samples, e.g. timeline_interval=2.0, or None",
     ),
 )
