@@ -33,7 +33,6 @@ from async_batch_llm._internal.compat import ProcessorCompat
 from async_batch_llm._internal.deprecation import config_from_legacy_args
 from async_batch_llm._internal.event_dispatcher import EventDispatcher
 from async_batch_llm._internal.hooks import run_in_task
-from async_batch_llm._internal.instruments import Instruments, Listener
 from async_batch_llm._internal.item_runner import (
     ERROR_MESSAGE_DETAILED_LENGTH,
     ERROR_MESSAGE_MAX_LENGTH,
@@ -240,17 +239,15 @@ class ParallelBatchProcessor(
             lifecycle=self._lifecycle,
             count_rate_limit=self._count_rate_limit,
         )
-        #: OpenTelemetry's spans and metrics (``None``: not enabled, nothing is emitted).
-        self._otel: Listener | None = None
         if telemetry is not None:
+            # OpenTelemetry's spans and metrics; without it nothing is imported or emitted.
             from async_batch_llm._internal.otel import OTelInstruments
 
-            self._otel = OTelInstruments(
+            self._runner.instruments = OTelInstruments(
                 tracer_provider=telemetry.tracer_provider,
                 meter_provider=telemetry.meter_provider,
                 scopes=self._scope_snapshots,
             )
-        self._runner.instruments = Instruments.of(self._otel, None)
         self._pool: WorkerPool | None = None
         # The stream (or checkpointed process_all) running now; `shutdown` stops it.
         self._active_run: StreamRun | None = None

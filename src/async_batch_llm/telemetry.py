@@ -8,7 +8,8 @@ async with ParallelBatchProcessor(config=config, telemetry=OpenTelemetry()) as p
     ...
 ```
 
-The library depends on ``opentelemetry-api`` only (``pip install 'async-batch-llm[otel]'``);
+The library depends on ``opentelemetry-api`` only (the ``otel`` extra, or
+``pip install opentelemetry-api``);
 the SDK, its exporters and their configuration belong to the application. Without a
 configured SDK the API's no-op providers make everything free; without ``telemetry=`` the
 processor does not touch OpenTelemetry at all.
@@ -70,8 +71,9 @@ class OpenTelemetry:
             import opentelemetry.trace  # noqa: F401
         except ImportError:
             msg = (
-                "OpenTelemetry needs the opentelemetry-api package: "
-                "pip install 'async-batch-llm[otel]'"
+                "OpenTelemetry needs the opentelemetry-api package: pip install "
+                "opentelemetry-api (or this project's otel extra, pip install '.[otel]' in a "
+                "checkout)"
             )
             raise ImportError(msg) from None
         self.tracer_provider = tracer_provider

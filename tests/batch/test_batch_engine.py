@@ -413,3 +413,33 @@ async def test_drain_ends_the_requests_not_submitted_yet() -> None:
         results = [r async for r in processor.stream(slow_source())]
     assert {r.error_category for r in results} == {"interrupted"}
     assert provider.submitted == 0
+
+
+async def test_batch_items_get_their_spans_with_the_real_model_and_via_batch() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from async_batch_llm.telemetry import OpenTelemetry
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider = FakeProvider(outcomes={"p0": "expired"})
+    strategy = BatchableStrategy(provider)
+    result = await _run(
+        _config(mode="auto"),
+        _items(strategy, 4),
+        telemetry=OpenTelemetry(tracer_provider=tracer_provider),
+    )
+    assert result.succeeded == 4
+    spans = exporter.get_finished_spans()
+    items = {s.attributes["abl.item.id"]: s for s in spans if s.name == "abl.item"}
+    assert sorted(items) == ["i0", "i1", "i2", "i3"]
+    assert items["i0"].attributes["abl.via"] == "online"  # expired, then run online
+    assert all(items[f"i{n}"].attributes["abl.via"] == "batch" for n in (1, 2, 3))
+    attempts = [s for s in spans if s.name == "abl.attempt"]
+    assert {s.attributes["gen_ai.request.model"] for s in attempts} == {
+        items["i1"].attributes["gen_ai.request.model"]
+    }
+    assert sorted(s.attributes["abl.via"] for s in attempts) == ["batch"] * 3 + ["online"]

@@ -54,6 +54,9 @@ def test_the_guide_session_runs_and_its_rerun_replays(tmp_path: Path) -> None:
     assert all(line["ok"] and line["replayed"] for line in lines)
     assert {line["id"]: line["metadata"] for line in lines}["q1"] == {"topic": "geo"}
     assert "3 item(s)" in output
+    report = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert report.lower().startswith("<!doctype html>")
+    assert "wrote report.html" in output
 
 
 README_SECTION = re.compile(

@@ -207,7 +207,7 @@ def test_the_size_follows_the_bounded_lists_not_the_items() -> None:
 
 def test_without_plotly_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
-    with pytest.raises(ImportError, match=re.escape("pip install 'async-batch-llm[report]'")):
+    with pytest.raises(ImportError, match=re.escape("pip install plotly")):
         render_html(make_report())
 
 

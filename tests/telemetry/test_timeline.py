@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessorConfig, RetryConfig
-from async_batch_llm._internal.instruments import Attempt, Instruments, facts_of
 from async_batch_llm._internal.timeline import (
     CHUNK_POINTS,
     LatencyHistogram,
@@ -132,18 +131,15 @@ def test_a_run_without_a_timeline_records_none_and_the_report_says_so() -> None:
     assert any("No timeline was recorded" in note for note in report.notes)
 
 
-def _hooks(recorder: TimelineRecorder, item_id: str, seconds: float, clock: Clock) -> None:
-    """One item with one successful call, `seconds` long (monotonic time is faked)."""
+def _hooks(recorder: TimelineRecorder, item_id: str, seconds: float) -> None:
+    """One item with one successful call of `seconds`, which waited 0.5 s for admission."""
     strategy = Faulty({})
-    instruments = Instruments(None, recorder)
-    facts = facts_of(strategy)
-    token = recorder.item_started(item_id, facts)
-    attempt = Attempt(instruments, item_id, 1, facts, 0.5)
-    recorder.attempt_started(attempt)
-    attempt.started -= seconds
-    recorder.attempt_ended(attempt, {"input_tokens": 1, "output_tokens": 1}, None, None, None)
+    item = LLMWorkItem(item_id=item_id, strategy=strategy, prompt="x")
+    recorder.calls_started += 1
+    recorder.waited(0.5)
+    recorder.call_ended(strategy, seconds, {"input_tokens": 1, "output_tokens": 1}, None, False)
     result: WorkItemResult[Any, Any] = WorkItemResult(item_id, True, "x", attempts=1)
-    recorder.item_ended((token[0] - seconds, token[1]), result)
+    recorder.item_ended(result, item, seconds)
 
 
 def test_the_recorder_rewrites_only_the_open_chunk_and_the_summary() -> None:
@@ -151,7 +147,7 @@ def test_the_recorder_rewrites_only_the_open_chunk_and_the_summary() -> None:
     recorder = TimelineRecorder(7, interval=1.0, clock=clock)
     written: dict[str, str] = {}
     for step in range(CHUNK_POINTS + 5):
-        _hooks(recorder, f"item{step}", seconds=step / 100, clock=clock)
+        _hooks(recorder, f"item{step}", seconds=step / 100)
         clock.now += 1.0
         keys = recorder.flush()
         assert len(keys) == 2
@@ -171,7 +167,7 @@ def test_the_recorder_rewrites_only_the_open_chunk_and_the_summary() -> None:
 def test_read_timeline_skips_malformed_values() -> None:
     clock = Clock()
     recorder = TimelineRecorder(1, interval=1.0, clock=clock)
-    _hooks(recorder, "a", 0.1, clock)
+    _hooks(recorder, "a", 0.1)
     meta = recorder.flush(final=True)
     meta["timeline:2:000000"] = "not json"
     meta["timeline:3:summary"] = json.dumps({"no": "session"})
@@ -195,6 +191,13 @@ def test_latency_percentiles_are_within_the_histograms_resolution(
     estimate = histogram.percentile(fraction)
     assert exact / 1.051 <= estimate <= exact * 1.051
     assert histogram.max == max(samples)
+    at_once = LatencyHistogram()
+    at_once.add_all(samples)
+    assert (at_once.buckets, at_once.count, at_once.max) == (
+        histogram.buckets,
+        histogram.count,
+        histogram.max,
+    )
     halves = LatencyHistogram(), LatencyHistogram()
     for index, value in enumerate(samples):
         halves[index % 2].add(value)

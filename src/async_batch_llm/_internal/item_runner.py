@@ -55,8 +55,10 @@ from async_batch_llm.token_extractor import TokenExtractor
 if TYPE_CHECKING:
     from async_batch_llm._internal.batch_jobs import Answer
     from async_batch_llm._internal.event_dispatcher import EventDispatcher
-    from async_batch_llm._internal.instruments import Attempt, Instruments
+    from async_batch_llm._internal.instruments import Attempt
+    from async_batch_llm._internal.otel import OTelInstruments
     from async_batch_llm._internal.strategy_lifecycle import StrategyLifecycle
+    from async_batch_llm._internal.timeline import TimelineRecorder
     from async_batch_llm.base import LLMWorkItem
     from async_batch_llm.core.config import ProcessorConfig
     from async_batch_llm.strategies.errors import ErrorClassifier, ErrorInfo
@@ -122,6 +124,7 @@ class WorkerContext:
         "admission_wait",
         "deadline",
         "drain_cancelled",
+        "first_call",
         "hook_timeout",
         "item",
         "recorded",
@@ -156,6 +159,9 @@ class WorkerContext:
         #: Seconds the next attempt waited for admission (read by `Instruments`; only
         #: the waiting path writes it).
         self.admission_wait = 0.0
+        #: When the current item's first call began (`time.monotonic`), for the timeline's
+        #: slowest items; 0 until a call is made (set only while a timeline is recorded).
+        self.first_call = 0.0
 
     async def run_hook(self, awaitable: Awaitable[Any], what: str) -> Any:
         """Await a user hook under ``hook_timeout`` (see `run_step`)."""
@@ -211,9 +217,10 @@ class ItemRunner:
         self.token_extractor = TokenExtractor()
         self.usage = UsageNormalizer()
         self._count_rate_limit = count_rate_limit
-        #: The observability hooks (OpenTelemetry, a checkpoint's timeline); ``None``
-        #: when nothing listens, which the attempt path tests once per attempt.
-        self.instruments: Instruments | None = None
+        #: OpenTelemetry's spans and metrics, and the timeline a checkpointed run records;
+        #: ``None`` when off (the attempt path tests each once per attempt).
+        self.instruments: OTelInstruments | None = None
+        self.timeline: TimelineRecorder | None = None
 
     def stopping(self) -> bool:
         """Whether `draining` is set (a call: it may change while an attempt waits)."""
@@ -265,7 +272,7 @@ class ItemRunner:
         *,
         raise_on_failure: bool = False,
     ) -> WorkItemResult[Any, Any]:
-        """`run` inside the item's span (see `Instruments.run_item`)."""
+        """`run` inside the item's span (see `OTelInstruments.run_item`)."""
         instruments = self.instruments
         run = self.run(item, worker, raise_on_failure=raise_on_failure)
         if instruments is None:
@@ -498,7 +505,14 @@ class ItemRunner:
         probe: Attempt | None = None
         if instruments is not None:
             probe = instruments.attempt_started(item, number, strategy, worker.admission_wait)
-            worker.admission_wait = 0.0
+        timeline = self.timeline
+        if timeline is not None:
+            timeline.calls_started += 1
+            if worker.admission_wait:
+                timeline.waited(worker.admission_wait)
+            if number == 1 or not worker.first_call:
+                worker.first_call = start
+        worker.admission_wait = 0.0
         try:
             # The call runs here, not in a helper coroutine: a frame less per attempt.
             if config.dry_run:
@@ -530,16 +544,30 @@ class ItemRunner:
             except BaseException:
                 permit.settle(Outcome.RELEASED)
                 if probe is not None:
-                    probe.end(None, exc, None, permit)
+                    probe.end(None, exc, None)
+                if timeline is not None:
+                    timeline.call_ended(item.strategy, time.monotonic() - start, None, None, True)
                 raise
             info = self._classify(error)
             permit.settle(_outcome_of(error, info), error)
             if probe is not None:
-                probe.end(None, error, info, permit)
+                probe.end(None, error, info)
+            if timeline is not None:
+                timeline.call_ended(
+                    item.strategy,
+                    time.monotonic() - start,
+                    None,
+                    info,
+                    strategy is not item.strategy,
+                )
             return Failed(error, info, permit)
         permit.settle(Outcome.SUCCEEDED, usage)
         if probe is not None:
-            probe.end(usage, None, None, permit)
+            probe.end(usage, None, None)
+        if timeline is not None:
+            timeline.call_ended(
+                item.strategy, time.monotonic() - start, usage, None, strategy is not item.strategy
+            )
         # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(
             work_item.item_id, True, output, None, work_item.context, usage, None, False, number

@@ -17,10 +17,11 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+from async_batch_llm._internal.instruments import Attempt, StrategyFacts, facts_of
 
-    from async_batch_llm._internal.instruments import Attempt, StrategyFacts
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable
+
     from async_batch_llm._internal.values import WorkItemResult
     from async_batch_llm.rate_control import ScopeSnapshot
     from async_batch_llm.strategies.errors import ErrorInfo
@@ -75,6 +76,9 @@ class OTelInstruments:
         )
         meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__, meter_provider=meter_provider)
         self._scopes = scopes
+        # Metric attribute sets, made once per strategy: building them per call cost more
+        # than the no-op API's calls themselves.
+        self._by_facts: dict[StrategyFacts, _Labels] = {}
         self.items = meter.create_counter(
             "abl.items", unit="{item}", description="Items ended, by outcome"
         )
@@ -105,8 +109,14 @@ class OTelInstruments:
             description="Time a call waited for admission (rate limit, budget)",
             explicit_bucket_boundaries_advisory=(0, *_DURATION_BUCKETS),
         )
-        self.in_flight = meter.create_up_down_counter(
-            "abl.calls.in_flight", unit="{call}", description="Calls in flight"
+        # Observed, not counted per call: an SDK records each measurement at some cost,
+        # and the number in flight is only wanted when the metrics are collected.
+        self._in_flight: dict[_Labels, int] = {}
+        meter.create_observable_up_down_counter(
+            "abl.calls.in_flight",
+            callbacks=[self._observe_in_flight],
+            unit="{call}",
+            description="Calls in flight",
         )
         meter.create_observable_gauge(
             "abl.scope.limit",
@@ -123,43 +133,53 @@ class OTelInstruments:
 
     # -- items -------------------------------------------------------------------------------
 
-    def item_started(self, item_id: str, facts: StrategyFacts) -> Any:
+    async def run_item(
+        self, item: Any, awaitable: Awaitable[WorkItemResult[Any, Any]]
+    ) -> WorkItemResult[Any, Any]:
+        """Await the run of `item` (`awaitable`) inside its item span."""
+        labels = self._labels(facts_of(item.strategy))
         span = self.tracer.start_span(
             "abl.item",
             kind=SpanKind.INTERNAL,
-            attributes={
-                "abl.item.id": item_id,
-                "gen_ai.provider.name": facts.provider,
-                "gen_ai.request.model": facts.model,
-            },
+            attributes={"abl.item.id": item.item_id, **labels.base},
         )
         token = otel_context.attach(trace.set_span_in_context(span))
-        return span, token, facts
+        result: WorkItemResult[Any, Any] | None = None
+        try:
+            result = await awaitable
+        finally:
+            otel_context.detach(token)
+            self._item_ended(span, labels, result)
+        return result
 
-    def item_ended(self, token: Any, result: WorkItemResult[Any, Any] | None) -> None:
-        span, context_token, facts = token
-        otel_context.detach(context_token)
+    def _item_ended(
+        self, span: Any, labels: _Labels, result: WorkItemResult[Any, Any] | None
+    ) -> None:
         outcome = _outcome(result)
-        attributes: dict[str, Any] = {"abl.outcome": outcome, "abl.replayed": False}
-        if result is not None:
-            usage = result.token_usage
-            attributes["abl.attempts"] = result.attempts
-            attributes["abl.via"] = result.via
-            attributes["gen_ai.usage.input_tokens"] = usage.get("input_tokens", 0)
-            attributes["gen_ai.usage.output_tokens"] = usage.get("output_tokens", 0)
-            if result.error_category:
-                attributes["abl.error.category"] = result.error_category
-            if not result.success:
-                attributes["error.type"] = _error_type(result.error)
-                span.set_status(Status(StatusCode.ERROR, result.error or None))
-        else:
-            span.set_status(Status(StatusCode.ERROR, "cancelled"))
-            attributes["error.type"] = "cancelled"
-        span.set_attributes(attributes)
+        if span.is_recording():
+            attributes: dict[str, Any] = {"abl.outcome": outcome, "abl.replayed": False}
+            if result is not None:
+                usage = result.token_usage
+                attributes["abl.attempts"] = result.attempts
+                attributes["abl.via"] = result.via
+                attributes["gen_ai.usage.input_tokens"] = usage.get("input_tokens", 0)
+                attributes["gen_ai.usage.output_tokens"] = usage.get("output_tokens", 0)
+                if result.error_category:
+                    attributes["abl.error.category"] = result.error_category
+                if not result.success:
+                    attributes["error.type"] = _error_type(result.error)
+                    span.set_status(Status(StatusCode.ERROR, result.error or None))
+            else:
+                span.set_status(Status(StatusCode.ERROR, "cancelled"))
+                attributes["error.type"] = "cancelled"
+            span.set_attributes(attributes)
         span.end()
-        self.items.add(1, _metric_attributes(facts, outcome=outcome, replayed=False))
+        self.items.add(1, labels.item(outcome, replayed=False))
 
-    def item_replayed(self, item_id: str, facts: StrategyFacts, result: Any) -> None:
+    def item_replayed(self, item: Any, result: Any) -> None:
+        """A zero-length item span for a result read back from a checkpoint."""
+        labels = self._labels(facts_of(item.strategy))
+        item_id = item.item_id
         outcome = _outcome(result)
         now = time.time_ns()
         span = self.tracer.start_span(
@@ -168,20 +188,24 @@ class OTelInstruments:
             start_time=now,
             attributes={
                 "abl.item.id": item_id,
-                "gen_ai.provider.name": facts.provider,
-                "gen_ai.request.model": facts.model,
+                **labels.base,
                 "abl.outcome": outcome,
                 "abl.replayed": True,
                 "abl.attempts": result.attempts,
             },
         )
         span.end(end_time=now)
-        self.items.add(1, _metric_attributes(facts, outcome=outcome, replayed=True))
+        self.items.add(1, labels.item(outcome, replayed=True))
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def attempt_started(self, attempt: Attempt) -> None:
-        facts = attempt.facts
+    def attempt_started(self, item: Any, number: int, strategy: object, waited: float) -> Attempt:
+        """Open the attempt span (the current span until `Attempt.end`)."""
+        # `strategy` is the item's own, or the stand-in that hands over a batch job's answer.
+        own = item.strategy
+        facts = facts_of(own)
+        attempt = Attempt(self, item.item_id, number, facts, waited, own is not strategy)
+        labels = self._labels(facts)
         span = self.tracer.start_span(
             "abl.attempt",
             kind=SpanKind.CLIENT,
@@ -189,13 +213,14 @@ class OTelInstruments:
                 "abl.item.id": attempt.item_id,
                 "abl.attempt": attempt.number,
                 "abl.admission.wait": attempt.waited,
-                "gen_ai.provider.name": facts.provider,
-                "gen_ai.request.model": facts.model,
+                "abl.via": "batch" if attempt.answered else "online",
+                **labels.base,
             },
         )
-        attempt.otel = (span, otel_context.attach(trace.set_span_in_context(span)))
-        self.in_flight.add(1, _metric_attributes(facts))
-        self.admission_wait.record(attempt.waited, _metric_attributes(facts))
+        attempt.otel = (span, otel_context.attach(trace.set_span_in_context(span)), labels)
+        self._in_flight[labels] = self._in_flight.get(labels, 0) + 1
+        self.admission_wait.record(attempt.waited, labels.base)
+        return attempt
 
     def attempt_ended(
         self,
@@ -203,13 +228,12 @@ class OTelInstruments:
         usage: dict[str, int] | None,
         error: BaseException | None,
         info: ErrorInfo | None,
-        scope: str | None,
     ) -> None:
-        span, context_token = attempt.otel
+        scope = attempt.facts.scope
+        span, context_token, labels = attempt.otel
         otel_context.detach(context_token)
-        facts = attempt.facts
-        base = _metric_attributes(facts)
-        self.in_flight.add(-1, base)
+        base = labels.base
+        self._in_flight[labels] -= 1
         seconds = time.monotonic() - attempt.started
         if error is None:
             outcome = "succeeded"
@@ -217,35 +241,46 @@ class OTelInstruments:
             outcome = "rate_limited"
         else:
             outcome = "failed"
-        attributes: dict[str, Any] = {"abl.outcome": outcome}
-        if scope:
-            attributes["abl.rate_limit.scope"] = scope
         if usage:
-            attributes["gen_ai.usage.input_tokens"] = usage.get("input_tokens", 0)
-            attributes["gen_ai.usage.output_tokens"] = usage.get("output_tokens", 0)
-            for kind in ("input", "output"):
-                count = usage.get(f"{kind}_tokens", 0)
-                if count:
-                    self.tokens.record(count, base | {"gen_ai.token.type": kind})
-            cost = facts.cost(usage)
+            input_tokens = usage.get("input_tokens", 0)
+            output_tokens = usage.get("output_tokens", 0)
+            if input_tokens:
+                self.tokens.record(input_tokens, labels.input_tokens)
+            if output_tokens:
+                self.tokens.record(output_tokens, labels.output_tokens)
+            cost = attempt.facts.cost(usage)
             if cost:
                 self.cost.add(cost, base)
-        outcome_attributes = base | {"abl.outcome": outcome}
-        if error is not None:
-            error_type = type(error).__qualname__
-            attributes["error.type"] = error_type
-            outcome_attributes["error.type"] = error_type
-            if info is not None:
-                attributes["abl.error.category"] = info.error_category
-                attributes["abl.retryable"] = info.is_retryable
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, str(error)[:500] or error_type))
-        if outcome == "rate_limited":
-            self.rate_limits.add(1, base | ({"abl.rate_limit.scope": scope} if scope else {}))
-        span.set_attributes(attributes)
+        error_type = None if error is None else type(error).__qualname__
+        if span.is_recording():
+            attributes: dict[str, Any] = {"abl.outcome": outcome}
+            if scope:
+                attributes["abl.rate_limit.scope"] = scope
+            if usage:
+                attributes["gen_ai.usage.input_tokens"] = usage.get("input_tokens", 0)
+                attributes["gen_ai.usage.output_tokens"] = usage.get("output_tokens", 0)
+            if error is not None:
+                attributes["error.type"] = error_type
+                if info is not None:
+                    attributes["abl.error.category"] = info.error_category
+                    attributes["abl.retryable"] = info.is_retryable
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error)[:500] or error_type))
+            span.set_attributes(attributes)
         span.end()
-        self.attempts.add(1, outcome_attributes)
-        self.duration.record(seconds, outcome_attributes)
+        if outcome == "rate_limited":
+            self.rate_limits.add(1, labels.rate_limited(scope))
+        outcome_labels = labels.attempt(outcome, error_type)
+        self.attempts.add(1, outcome_labels)
+        self.duration.record(seconds, outcome_labels)
+
+    def _labels(self, facts: StrategyFacts) -> _Labels:
+        labels = self._by_facts.get(facts)
+        if labels is None:
+            if len(self._by_facts) > 4096:
+                self._by_facts.clear()
+            labels = self._by_facts[facts] = _Labels(facts)
+        return labels
 
     # -- scope gauges -------------------------------------------------------------------------
 
@@ -256,6 +291,9 @@ class OTelInstruments:
             return list(self._scopes())
         except Exception:
             return []
+
+    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count, labels.base) for labels, count in self._in_flight.items()]
 
     def _observe_limits(self, options: CallbackOptions) -> Iterable[Observation]:
         return [
@@ -272,14 +310,50 @@ class OTelInstruments:
         ]
 
 
-def _metric_attributes(facts: StrategyFacts, **extra: Any) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "gen_ai.provider.name": facts.provider,
-        "gen_ai.request.model": facts.model,
-    }
-    for key, value in extra.items():
-        attributes[f"abl.{key}"] = value
-    return attributes
+class _Labels:
+    """The metric attribute sets of one strategy's calls (each made once, never mutated)."""
+
+    __slots__ = ("_attempts", "_items", "_limited", "base", "input_tokens", "output_tokens")
+
+    def __init__(self, facts: StrategyFacts) -> None:
+        self.base: dict[str, Any] = {
+            "gen_ai.provider.name": facts.provider,
+            "gen_ai.request.model": facts.model,
+        }
+        self.input_tokens = self.base | {"gen_ai.token.type": "input"}
+        self.output_tokens = self.base | {"gen_ai.token.type": "output"}
+        self._items: dict[tuple[str, bool], dict[str, Any]] = {}
+        self._attempts: dict[tuple[str, str | None], dict[str, Any]] = {}
+        self._limited: dict[str | None, dict[str, Any]] = {}
+
+    def item(self, outcome: str, *, replayed: bool) -> dict[str, Any]:
+        key = (outcome, replayed)
+        found = self._items.get(key)
+        if found is None:
+            found = self._items[key] = self.base | {
+                "abl.outcome": outcome,
+                "abl.replayed": replayed,
+            }
+        return found
+
+    def attempt(self, outcome: str, error_type: str | None) -> dict[str, Any]:
+        key = (outcome, error_type)
+        found = self._attempts.get(key)
+        if found is None:
+            found = self.base | {"abl.outcome": outcome}
+            if error_type is not None:
+                found["error.type"] = error_type
+            if len(self._attempts) < 256:  # error types are few; never let them grow unbounded
+                self._attempts[key] = found
+        return found
+
+    def rate_limited(self, scope: str | None) -> dict[str, Any]:
+        found = self._limited.get(scope)
+        if found is None:
+            found = self._limited[scope] = self.base | (
+                {"abl.rate_limit.scope": scope} if scope else {}
+            )
+        return found
 
 
 def _scope_attributes(snapshot: ScopeSnapshot) -> dict[str, Any]:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from async_batch_llm._internal.instruments import Instruments
 from async_batch_llm._internal.timeline import TimelineRecorder
 from async_batch_llm._internal.values import WorkItemResult
 from async_batch_llm.observers.base import ProcessingEvent
@@ -342,7 +342,7 @@ class StreamRun:
         self.timeline = TimelineRecorder(
             checkpoint.session, interval=interval, scopes=processor._scope_snapshots
         )
-        processor._runner.instruments = Instruments.of(processor._otel, self.timeline)
+        processor._runner.timeline = self.timeline
 
     async def _record_timeline(self) -> None:
         timeline = self.timeline
@@ -365,7 +365,7 @@ class StreamRun:
         if timeline is None:
             return
         self.timeline = None
-        self.processor._runner.instruments = Instruments.of(self.processor._otel, None)
+        self.processor._runner.timeline = None
         store = self._store_task
         if store is None or store.done():
             return
@@ -672,6 +672,11 @@ class StreamRun:
     def _record(self, result: WorkItemResult[Any, Any], item: Any, worker: Any) -> bool:
         """The pool's record step: publish now, or hand the outcome to the store task, or
         leave it to `_post` (which post-processes it on the worker)."""
+        timeline = self.timeline
+        if timeline is not None and type(item) is not ReplayJob:
+            first_call = worker.first_call
+            timeline.item_ended(result, item, time.monotonic() - first_call if first_call else 0.0)
+            worker.first_call = 0.0
         if self.post_processing:
             return True
         checkpoint = self.checkpoint
@@ -719,6 +724,8 @@ class StreamRun:
         instruments = processor._runner.instruments
         if instruments is not None:
             instruments.item_replayed(item, result)
+        if self.timeline is not None:
+            self.timeline.item_replayed()
         dispatcher = processor._dispatcher
         if dispatcher.observers:
             dispatcher.publish(

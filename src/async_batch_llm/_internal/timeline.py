@@ -20,15 +20,17 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import operator
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from async_batch_llm._internal.instruments import StrategyFacts, facts_of
 from async_batch_llm.report._model import IntervalPoint, ItemRow, LatencyStats, ScopePoint
 
 if TYPE_CHECKING:
-    from async_batch_llm._internal.instruments import Attempt, StrategyFacts
     from async_batch_llm._internal.values import WorkItemResult
     from async_batch_llm.rate_control import ScopeSnapshot
     from async_batch_llm.strategies.errors import ErrorInfo
@@ -79,6 +81,18 @@ class LatencyHistogram:
         if seconds > self.max:
             self.max = seconds
 
+    def add_all(self, values: list[float]) -> None:
+        base, scale, log = _BUCKET_BASE, 1.0 / _LOG_GROWTH, math.log
+        counted = Counter(
+            [1 + int(log(value / base) * scale) if value > base else 0 for value in values]
+        )
+        buckets = self.buckets
+        for index, count in counted.items():
+            buckets[index] = buckets.get(index, 0) + count
+        self.count += len(values)
+        if values:
+            self.max = max(self.max, max(values))
+
     def merge(self, other: LatencyHistogram) -> None:
         for index, count in other.buckets.items():
             self.buckets[index] = self.buckets.get(index, 0) + count
@@ -110,29 +124,27 @@ class LatencyHistogram:
 
 
 class _Interval:
-    __slots__ = (
-        "attempts",
-        "cost",
-        "failed",
-        "input_tokens",
-        "output_tokens",
-        "priced",
-        "rate_limited",
-        "replayed",
-        "succeeded",
-        "wait_count",
-        "wait_sum",
-    )
+    """What happened since the last flush.
+
+    The hooks on the workers' path only count and append; bucketing and pricing happen
+    once per interval in `TimelineRecorder.flush`.
+    """
+
+    __slots__ = ("calls", "failed", "replayed", "succeeded", "wait_sum")
 
     def __init__(self) -> None:
-        self.succeeded = self.failed = self.replayed = self.attempts = self.rate_limited = 0
-        self.input_tokens = self.output_tokens = self.wait_count = 0
-        self.wait_sum = self.cost = 0.0
-        self.priced = False
+        self.succeeded = self.failed = self.replayed = 0
+        self.wait_sum = 0.0
+        #: (the item's strategy, seconds, usage or None, rate limited, untimed).
+        self.calls: list[tuple[object, float, dict[str, int] | None, bool, bool]] = []
 
 
 class TimelineRecorder:
-    """Aggregates a run's items and calls into intervals (a listener of `Instruments`).
+    """Aggregates a run's items and calls into intervals.
+
+    `ItemRunner` counts each call it starts (`calls_started`), reports each that ends
+    (`call_ended`) and the time calls waited for admission (`waited`); the run reports
+    each result (`item_ended`, `item_replayed`). None of it allocates more than a tuple.
 
     Args:
         session: The store session (run number) the timeline belongs to.
@@ -159,68 +171,61 @@ class TimelineRecorder:
         self._points: list[dict[str, Any]] = []  # the open chunk
         self._chunk = 0
         self._scope_totals: dict[str, tuple[int, int]] = {}  # admitted, rate limited
-        self.in_flight = 0
+        #: Calls started so far (the runner adds to it); minus those ended: in flight.
+        self.calls_started = 0
+        self._calls_ended = 0
+        self._flushed_started = 0
         self.latency: dict[str, LatencyHistogram] = {}
         self._slowest: list[tuple[float, str, str, int]] = []  # a min-heap of the slowest
+        self._slowest_floor = -1.0  # an item slower than this enters the heap
 
-    # -- listener hooks ----------------------------------------------------------------------
+    # -- hooks ---------------------------------------------------------------------------------
 
-    def item_started(self, item_id: str, facts: StrategyFacts) -> Any:
-        return time.monotonic(), facts
+    def call_ended(
+        self,
+        strategy: object,
+        seconds: float,
+        usage: dict[str, int] | None,
+        info: ErrorInfo | None,
+        untimed: bool,
+    ) -> None:
+        """A call of `strategy` (the item's) took `seconds` and used `usage` or failed.
 
-    def item_ended(self, token: Any, result: WorkItemResult[Any, Any] | None) -> None:
-        if result is None:
-            return
-        started, facts = token
+        `untimed`: its duration says nothing about the model (a batch job's answer handed
+        over, a call cut short by the batch's cancellation); it is left out of latency.
+        """
+        self._calls_ended += 1
+        self._current.calls.append(
+            (strategy, seconds, usage, info is not None and info.is_rate_limit, untimed)
+        )
+
+    def waited(self, seconds: float) -> None:
+        """A call waited `seconds` for admission before it started."""
+        self._current.wait_sum += seconds
+
+    def item_ended(self, result: WorkItemResult[Any, Any], item: Any, seconds: float) -> None:
+        """`result` is the outcome of `item`, `seconds` after its first call began."""
         current = self._current
         if result.success:
             current.succeeded += 1
         else:
             current.failed += 1
-        seconds = time.monotonic() - started
-        slowest = self._slowest
-        entry = (seconds, result.item_id, facts.model_key, result.attempts)
-        if len(slowest) < SLOWEST_KEPT:
-            heapq.heappush(slowest, entry)
-        elif seconds > slowest[0][0]:
-            heapq.heapreplace(slowest, entry)
+        if seconds > self._slowest_floor:
+            slowest = self._slowest
+            row = (seconds, result.item_id, facts_of(item.strategy).model_key, result.attempts)
+            if len(slowest) < SLOWEST_KEPT:
+                heapq.heappush(slowest, row)
+            else:
+                heapq.heapreplace(slowest, row)
+            if len(slowest) == SLOWEST_KEPT:
+                self._slowest_floor = slowest[0][0]
 
-    def attempt_started(self, attempt: Attempt) -> None:
-        self.in_flight += 1
-        current = self._current
-        current.attempts += 1
-        current.wait_sum += attempt.waited
-        current.wait_count += 1
-
-    def attempt_ended(
-        self,
-        attempt: Attempt,
-        usage: dict[str, int] | None,
-        error: BaseException | None,
-        info: ErrorInfo | None,
-        scope: str | None,
-    ) -> None:
-        self.in_flight -= 1
-        current = self._current
-        rate_limited = info is not None and info.is_rate_limit
-        if rate_limited:
-            current.rate_limited += 1
-        else:
-            key = attempt.facts.model_key
-            histogram = self.latency.get(key)
-            if histogram is None:
-                histogram = self.latency[key] = LatencyHistogram()
-            histogram.add(time.monotonic() - attempt.started)
-        if usage:
-            current.input_tokens += usage.get("input_tokens", 0)
-            current.output_tokens += usage.get("output_tokens", 0)
-            cost = attempt.facts.cost(usage)
-            if cost is not None:
-                current.cost += cost
-                current.priced = True
-
-    def item_replayed(self, item_id: str, facts: StrategyFacts, result: Any) -> None:
+    def item_replayed(self) -> None:
         self._current.replayed += 1
+
+    @property
+    def in_flight(self) -> int:
+        return self.calls_started - self._calls_ended
 
     # -- sampling ----------------------------------------------------------------------------
 
@@ -228,6 +233,15 @@ class TimelineRecorder:
         """Close the current interval; the metadata keys to write (chunk and summary)."""
         now = self._clock()
         current, self._current = self._current, _Interval()
+        attempts = self.calls_started - self._flushed_started
+        self._flushed_started = self.calls_started
+        rate_limited, usage = self._fold_calls(current.calls)
+        # Priced once per strategy and interval: pricing each call would cost more than
+        # everything else recorded about it. (A price that depends on each request's size,
+        # such as a long-context tier, is applied to the sum here; the store's per-item
+        # cost is exact.)
+        costs = [facts.cost(counts) for facts, counts in usage.items()]
+        priced = [cost for cost in costs if cost is not None]
         point = IntervalPoint(
             at=now,
             elapsed=now - self.started_at,
@@ -236,13 +250,13 @@ class TimelineRecorder:
             succeeded=current.succeeded,
             failed=current.failed,
             replayed=current.replayed,
-            attempts=current.attempts,
-            rate_limited=current.rate_limited,
-            input_tokens=current.input_tokens,
-            output_tokens=current.output_tokens,
-            cost_usd=current.cost if current.priced else None,
+            attempts=attempts,
+            rate_limited=rate_limited,
+            input_tokens=sum(u.get("input_tokens", 0) for u in usage.values()),
+            output_tokens=sum(u.get("output_tokens", 0) for u in usage.values()),
+            cost_usd=sum(priced) if priced else None,
             in_flight=self.in_flight,
-            admission_wait=current.wait_sum / current.wait_count if current.wait_count else 0.0,
+            admission_wait=current.wait_sum / attempts if attempts else 0.0,
         )
         record = asdict(point)
         record["scopes"] = [asdict(scope) for scope in self._sample_scopes(now, point.seconds)]
@@ -269,6 +283,40 @@ class TimelineRecorder:
             f"{prefix}{self._chunk:06d}": _dumps(self._points),
             f"{prefix}summary": _dumps(summary),
         }
+
+    def _fold_calls(
+        self, calls: list[tuple[object, float, dict[str, int] | None, bool, bool]]
+    ) -> tuple[int, dict[StrategyFacts, dict[str, int]]]:
+        """Count 429s, bucket call latency per model, sum tokens per strategy.
+
+        Grouped per strategy first so that bucketing and summing run as comprehensions
+        and C-level sums: an interval can hold tens of thousands of calls.
+        """
+        rate_limited = 0
+        durations: dict[StrategyFacts, list[float]] = {}
+        spent: dict[StrategyFacts, list[dict[str, int]]] = {}
+        for strategy, seconds, counts, limited, untimed in calls:
+            facts = facts_of(strategy)
+            if limited:
+                rate_limited += 1
+            elif not untimed:
+                durations.setdefault(facts, []).append(seconds)
+            if counts:
+                spent.setdefault(facts, []).append(counts)
+        latency = self.latency
+        for facts, values in durations.items():
+            histogram = latency.get(facts.model_key)
+            if histogram is None:
+                histogram = latency[facts.model_key] = LatencyHistogram()
+            histogram.add_all(values)
+        usage = {
+            facts: {
+                key: sum(map(operator.methodcaller("get", key, 0), dicts))
+                for key in set().union(*dicts)
+            }
+            for facts, dicts in spent.items()
+        }
+        return rate_limited, usage
 
     def _sample_scopes(self, now: float, seconds: float) -> list[ScopePoint]:
         if self._scopes is None:

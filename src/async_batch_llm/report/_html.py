@@ -91,7 +91,8 @@ def render_html(report: RunReport) -> str:
         from plotly.offline import get_plotlyjs  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ImportError(
-            "The HTML report needs plotly: pip install 'async-batch-llm[report]'"
+            "The HTML report needs plotly: pip install plotly (or this project's report "
+            "extra, pip install '.[report]' in a checkout)"
         ) from exc
 
     def chart(chart_id: str, fig: Any) -> str:

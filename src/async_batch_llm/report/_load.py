@@ -93,7 +93,8 @@ def write_report(
     """Write the HTML report of `store` to `output` (see `load_report`); returns its path.
 
     Raises:
-        ImportError: plotly is not installed (``pip install 'async-batch-llm[report]'``).
+        ImportError: plotly is not installed (``pip install plotly``, or the ``report``
+            extra).
     """
     from async_batch_llm.report import render_html
 
