@@ -116,3 +116,18 @@ def test_report_of_a_missing_state_file_is_a_usage_error(cli: Cli) -> None:
     result = cli.run("report", "nowhere.abl-state")
     assert result.returncode == 2
     assert "nowhere.abl-state does not exist" in result.stderr
+
+
+def test_report_to_a_path_that_cannot_be_written_is_a_clear_error(
+    cli: Cli, start_simulator: StartSimulator
+) -> None:
+    simulator = start_simulator()
+    cli.write_jsonl("in.jsonl", [{"id": "a", "prompt": "x"}])
+    url = str(simulator.openai_base_url)
+    run = cli.run("run", "in.jsonl", "out.jsonl", "-m", "openai:gpt-4o-mini", "--base-url", url)
+    assert run.returncode == 0, str(run)
+    result = cli.run("report", "out.jsonl.abl-state", "-o", "missing-dir/report.html")
+    assert result.returncode == 2
+    assert "cannot write the report to missing-dir/report.html" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(cli.directory.glob("**/.report.html.tmp"))

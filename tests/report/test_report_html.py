@@ -7,11 +7,10 @@ import re
 import sys
 from pathlib import Path
 
-import browser
 import pytest
-from browser import open_page, png_size
 from plotly.offline import get_plotlyjs
 
+import browser
 from async_batch_llm.report import (
     IntervalPoint,
     ItemRow,
@@ -21,6 +20,7 @@ from async_batch_llm.report import (
     ScopePoint,
     render_html,
 )
+from browser import open_page, png_size
 
 CHARTS = [
     "chart-throughput",

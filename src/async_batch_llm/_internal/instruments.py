@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from async_batch_llm._internal.otel import OTelInstruments
     from async_batch_llm.strategies.errors import ErrorInfo
 
-__all__ = ["Attempt", "StrategyFacts", "facts_of"]
+__all__ = ["Attempt", "FactsCache", "StrategyFacts"]
 
 logger = logging.getLogger("async_batch_llm")
 
@@ -81,17 +81,25 @@ def _pricer_for(provider: str, model: str) -> Any:
     return None
 
 
-_facts: dict[int, StrategyFacts] = {}
+class FactsCache:
+    """The facts of each strategy one owner (a run's timeline, a processor's telemetry) met.
 
+    Per owner rather than module-wide, so that strategies are not kept alive after their
+    run; keyed by identity, as strategies need not be hashable.
+    """
 
-def facts_of(strategy: object) -> StrategyFacts:
-    """The (cached) facts of `strategy`."""
-    facts = _facts.get(id(strategy))
-    if facts is None or facts.strategy is not strategy:
-        if len(_facts) > 4096:
-            _facts.clear()
-        facts = _facts[id(strategy)] = StrategyFacts(strategy)
-    return facts
+    __slots__ = ("_by_id",)
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, StrategyFacts] = {}
+
+    def __call__(self, strategy: object) -> StrategyFacts:
+        facts = self._by_id.get(id(strategy))
+        if facts is None or facts.strategy is not strategy:
+            if len(self._by_id) > 4096:  # strategies made per item: keep the cache bounded
+                self._by_id.clear()
+            facts = self._by_id[id(strategy)] = StrategyFacts(strategy)
+        return facts
 
 
 class Attempt:

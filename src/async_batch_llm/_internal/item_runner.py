@@ -324,9 +324,9 @@ class ItemRunner:
                 admitted = await self._drainable(
                     worker, admission.admit(strategy, item.prompt, worker.worker_id, None, None)
                 )
-                worker.admission_wait = time.monotonic() - waiting_since
                 if admitted is None:
                     return self._skipped(item, 0, DRAINED_ERROR)
+                worker.admission_wait = time.monotonic() - waiting_since
                 permit = admitted
         except Exception as exc:
             # Quota or budget exhausted.
@@ -335,6 +335,7 @@ class ItemRunner:
             )
         if self.draining:
             permit.settle(Outcome.RELEASED)
+            worker.admission_wait = 0.0  # no call waited for it
             return self._skipped(item, 0, DRAINED_ERROR)
         outcome = await self.attempt(item, worker, 1, strategy, state, permit)
         if not isinstance(outcome, Failed):
@@ -437,11 +438,11 @@ class ItemRunner:
                         worker,
                         admission.admit(strategy, item.prompt, worker.worker_id, permit, limited),
                     )
-                    worker.admission_wait = time.monotonic() - waiting_since
                     if ready is None:
                         drained = self._skipped(item, number - 1, DRAINED_ERROR)
                         drained.token_usage = dict(spent)  # type: ignore[assignment]
                         return drained
+                    worker.admission_wait = time.monotonic() - waiting_since
             except Exception as exc:
                 # Quota exhausted, or rate limited with no progress for too long.
                 given_up = error if type(exc) is RateLimitRetriesExhausted else exc
@@ -456,6 +457,7 @@ class ItemRunner:
                 )
             if self.stopping():
                 ready.settle(Outcome.RELEASED)
+                worker.admission_wait = 0.0  # no call waited for it
                 drained = self._skipped(item, number - 1, DRAINED_ERROR)
                 drained.token_usage = dict(spent)  # type: ignore[assignment]
                 return drained
@@ -497,6 +499,7 @@ class ItemRunner:
                 raise
             if prepared is None:
                 permit.settle(Outcome.RELEASED)
+                worker.admission_wait = 0.0  # no call waited for it
                 return self._skipped(item, number - 1)
             work_item = prepared
         config = self.config
@@ -512,7 +515,8 @@ class ItemRunner:
                 timeline.waited(worker.admission_wait)
             if number == 1 or not worker.first_call:
                 worker.first_call = start
-        worker.admission_wait = 0.0
+        if probe is not None or timeline is not None:
+            worker.admission_wait = 0.0
         try:
             # The call runs here, not in a helper coroutine: a frame less per attempt.
             if config.dry_run:

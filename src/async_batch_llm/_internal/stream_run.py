@@ -372,7 +372,12 @@ class StreamRun:
         done = asyncio.get_running_loop().create_future()
         # Nobody waits for it: the store task either writes it before it stops or fails.
         done.add_done_callback(lambda future: future.cancelled() or future.exception())
-        self._meta_writes.append((timeline.flush(final=True), done))
+        try:
+            last = timeline.flush(final=True)
+        except Exception:  # a timeline never stops a run from ending
+            logger.warning("Recording the end of the run's timeline failed", exc_info=True)
+            return
+        self._meta_writes.append((last, done))
         self._store_wake.set()
 
     # -- provider batch jobs ---------------------------------------------------------------
@@ -672,11 +677,6 @@ class StreamRun:
     def _record(self, result: WorkItemResult[Any, Any], item: Any, worker: Any) -> bool:
         """The pool's record step: publish now, or hand the outcome to the store task, or
         leave it to `_post` (which post-processes it on the worker)."""
-        timeline = self.timeline
-        if timeline is not None and type(item) is not ReplayJob:
-            first_call = worker.first_call
-            timeline.item_ended(result, item, time.monotonic() - first_call if first_call else 0.0)
-            worker.first_call = 0.0
         if self.post_processing:
             return True
         checkpoint = self.checkpoint
@@ -685,9 +685,18 @@ class StreamRun:
             self._put(self._seq_of(item), result)
             return False
         entry = checkpoint.entry_for(item, result, worker.replayable_failure)
+        if self.timeline is not None:
+            self._timeline_item(result, item, worker)
         self._outcomes.append((entry, result, item, None))
         self._store_wake.set()
         return False
+
+    def _timeline_item(self, result: WorkItemResult[Any, Any], item: Any, worker: Any) -> None:
+        assert self.timeline is not None
+        first_call = worker.first_call
+        worker.first_call = 0.0
+        seconds = time.monotonic() - first_call if first_call else 0.0
+        self.timeline.item_ended(result, item, seconds)
 
     async def _post(self, result: WorkItemResult[Any, Any], worker: Any) -> None:
         item = worker.item
@@ -699,6 +708,8 @@ class StreamRun:
             checkpoint = self.checkpoint
             if checkpoint is not None:
                 entry = checkpoint.entry_for(item, result, worker.replayable_failure)
+                if self.timeline is not None:
+                    self._timeline_item(result, item, worker)
                 committed = asyncio.get_running_loop().create_future()
                 self._outcomes.append((entry, result, item, committed))
                 self._store_wake.set()

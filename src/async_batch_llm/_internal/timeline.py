@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from async_batch_llm._internal.instruments import StrategyFacts, facts_of
+from async_batch_llm._internal.instruments import FactsCache, StrategyFacts
+from async_batch_llm._internal.item_runner import DRAINED_CATEGORY
 from async_batch_llm.report._model import IntervalPoint, ItemRow, LatencyStats, ScopePoint
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 TIMELINE_PREFIX = "timeline:"
+
 CHUNK_POINTS = 120
 SLOWEST_KEPT = 20
 
@@ -130,10 +132,10 @@ class _Interval:
     once per interval in `TimelineRecorder.flush`.
     """
 
-    __slots__ = ("calls", "failed", "replayed", "succeeded", "wait_sum")
+    __slots__ = ("calls", "failed", "interrupted", "replayed", "succeeded", "wait_sum")
 
     def __init__(self) -> None:
-        self.succeeded = self.failed = self.replayed = 0
+        self.succeeded = self.failed = self.interrupted = self.replayed = 0
         self.wait_sum = 0.0
         #: (the item's strategy, seconds, usage or None, rate limited, untimed).
         self.calls: list[tuple[object, float, dict[str, int] | None, bool, bool]] = []
@@ -170,7 +172,13 @@ class TimelineRecorder:
         self._current = _Interval()
         self._points: list[dict[str, Any]] = []  # the open chunk
         self._chunk = 0
-        self._scope_totals: dict[str, tuple[int, int]] = {}  # admitted, rate limited
+        # Admitted and rate-limited calls per scope at the last sample. Seeded now: a rate
+        # controller's counts start when it was made, which may be before this run.
+        self._scope_totals: dict[str, tuple[int, int]] = {
+            str(snapshot.scope): (snapshot.admitted, snapshot.rate_limited)
+            for snapshot in self._snapshots()
+        }
+        self._facts = FactsCache()
         #: Calls started so far (the runner adds to it); minus those ended: in flight.
         self.calls_started = 0
         self._calls_ended = 0
@@ -204,15 +212,19 @@ class TimelineRecorder:
         self._current.wait_sum += seconds
 
     def item_ended(self, result: WorkItemResult[Any, Any], item: Any, seconds: float) -> None:
-        """`result` is the outcome of `item`, `seconds` after its first call began."""
+        """`result` is the outcome of `item`, `seconds` after its first call began (0: it
+        made none). An item stopped by a drain or a cancellation (``error_category ==
+        "interrupted"``) counts apart from failures: nothing went wrong with it."""
         current = self._current
         if result.success:
             current.succeeded += 1
+        elif result.error_category == DRAINED_CATEGORY:
+            current.interrupted += 1
         else:
             current.failed += 1
-        if seconds > self._slowest_floor:
+        if seconds > self._slowest_floor and seconds > 0:
             slowest = self._slowest
-            row = (seconds, result.item_id, facts_of(item.strategy).model_key, result.attempts)
+            row = (seconds, result.item_id, self._facts(item.strategy).model_key, result.attempts)
             if len(slowest) < SLOWEST_KEPT:
                 heapq.heappush(slowest, row)
             else:
@@ -249,6 +261,7 @@ class TimelineRecorder:
             seconds=max(now - self._last_flush, 1e-9),
             succeeded=current.succeeded,
             failed=current.failed,
+            interrupted=current.interrupted,
             replayed=current.replayed,
             attempts=attempts,
             rate_limited=rate_limited,
@@ -296,7 +309,7 @@ class TimelineRecorder:
         durations: dict[StrategyFacts, list[float]] = {}
         spent: dict[StrategyFacts, list[dict[str, int]]] = {}
         for strategy, seconds, counts, limited, untimed in calls:
-            facts = facts_of(strategy)
+            facts = self._facts(strategy)
             if limited:
                 rate_limited += 1
             elif not untimed:
@@ -318,13 +331,16 @@ class TimelineRecorder:
         }
         return rate_limited, usage
 
-    def _sample_scopes(self, now: float, seconds: float) -> list[ScopePoint]:
+    def _snapshots(self) -> list[ScopeSnapshot]:
         if self._scopes is None:
             return []
         try:
-            snapshots = list(self._scopes())
+            return list(self._scopes())
         except Exception:
             return []
+
+    def _sample_scopes(self, now: float, seconds: float) -> list[ScopePoint]:
+        snapshots = self._snapshots()
         points = []
         elapsed = now - self.started_at
         for snapshot in snapshots:

@@ -242,7 +242,11 @@ def report_command(state: str, output: str | None, title: str | None) -> None:
         click.echo(f"abl: error: {state} does not exist", err=True)
         sys.exit(ExitCode.USAGE)
     target = output or f"{state}.html"
-    path = _state_command(write_report, state, target, title=title)
+    try:
+        path = _state_command(write_report, state, target, title=title)
+    except OSError as exc:
+        click.echo(f"abl: error: cannot write the report to {target}: {exc}", err=True)
+        sys.exit(ExitCode.USAGE)
     size = path.stat().st_size
     click.echo(f"wrote {path} ({size / 1_000_000:.1f} MB)", err=True)
 

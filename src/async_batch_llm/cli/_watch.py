@@ -15,6 +15,7 @@ from async_batch_llm.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
+    from rich.text import Text
 
     from async_batch_llm.report import RunReport
 
@@ -28,6 +29,7 @@ _RECENT_INTERVALS = 3
 def watch(path: str, *, interval: float, console: Console) -> None:
     """Redraw the status of `path` every `interval` seconds until Ctrl-C."""
     from rich.live import Live
+    from rich.text import Text
 
     from async_batch_llm.report import load_report
 
@@ -35,12 +37,12 @@ def watch(path: str, *, interval: float, console: Console) -> None:
         while True:
             view: RenderableType
             if not Path(path).exists():
-                view = f"Waiting for {path} to be created by a run..."
+                view = Text(f"Waiting for {path} to be created by a run...")
             else:
                 try:
                     view = render_status(load_report(path, entries=False))
                 except CheckpointError as exc:
-                    view = f"Cannot read {path} (yet): {exc}"
+                    view = Text(f"Cannot read {path} (yet): {exc}")
             live.update(view, refresh=True)
             time.sleep(interval)
 
@@ -89,13 +91,15 @@ def render_status(report: RunReport) -> RenderableType:
             table.add_column(column)
         for point in scopes:
             table.add_row(
-                point.scope,
-                "-" if point.limit_rpm is None else f"{point.limit_rpm:,.0f}",
-                point.limit_source or "-",
-                f"{point.achieved_rpm:,.0f}",
-                "-" if point.utilisation is None else f"{point.utilisation:.0%}",
-                str(point.rate_limited),
-                "paused" if point.paused else "open",
+                *_cells(
+                    point.scope,
+                    "-" if point.limit_rpm is None else f"{point.limit_rpm:,.0f}",
+                    point.limit_source or "-",
+                    f"{point.achieved_rpm:,.0f}",
+                    "-" if point.utilisation is None else f"{point.utilisation:.0%}",
+                    str(point.rate_limited),
+                    "paused" if point.paused else "open",
+                )
             )
         parts.append(table)
     if report.latency:
@@ -104,18 +108,27 @@ def render_status(report: RunReport) -> RenderableType:
             table.add_column(column)
         for stats in report.latency:
             table.add_row(
-                stats.model,
-                f"{stats.calls:,}",
-                f"{stats.p50:.3f}",
-                f"{stats.p90:.3f}",
-                f"{stats.p99:.3f}",
-                f"{stats.max:.3f}",
+                *_cells(
+                    stats.model,
+                    f"{stats.calls:,}",
+                    f"{stats.p50:.3f}",
+                    f"{stats.p90:.3f}",
+                    f"{stats.p99:.3f}",
+                    f"{stats.max:.3f}",
+                )
             )
         parts.append(table)
     for note in report.notes:
         parts.append(Text(note, style="dim"))
     parts.append(Text("Ctrl-C to stop watching (the run goes on)", style="dim"))
     return Group(*parts)
+
+
+def _cells(*values: str) -> list[Text]:
+    """Table cells as plain text: names from the store (a model, a scope) are not markup."""
+    from rich.text import Text
+
+    return [Text(value) for value in values]
 
 
 def _state_of(report: RunReport) -> str:

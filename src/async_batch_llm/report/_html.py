@@ -42,7 +42,13 @@ _CONFIG_JSON = json.dumps({"displaylogo": False, "responsive": True})
 # settings alone (there is no MathJax here, and none is loaded).
 _PLOTLY_WINDOW_CONFIG = "window.PlotlyConfig = {MathJaxConfig: 'local'};"
 
-_COLOURS = {"succeeded": "#2ca02c", "failed": "#d62728", "replayed": "#7f7f7f", "429": "#ff7f0e"}
+_COLOURS = {
+    "succeeded": "#2ca02c",
+    "failed": "#d62728",
+    "replayed": "#7f7f7f",
+    "interrupted": "#9467bd",
+    "429": "#ff7f0e",
+}
 _SCOPE_COLOURS = (
     "#1f77b4",
     "#ff7f0e",
@@ -278,7 +284,10 @@ def _throughput(timeline: list[IntervalPoint], go: Any, chart: _Chart) -> str:
     if not timeline:
         return _no_data(chart_id, "the store recorded no timeline.")
     traces = []
-    for label in ("succeeded", "failed", "replayed"):
+    labels = ["succeeded", "failed", "replayed"]
+    if any(point.interrupted for point in timeline):  # a drain or a stop: shown when it happened
+        labels.append("interrupted")
+    for label in labels:
         xs, ys = _with_session_gaps(timeline, _rate_of(label))
         traces.append(
             go.Scatter(

@@ -93,6 +93,7 @@ def write_report(
     """Write the HTML report of `store` to `output` (see `load_report`); returns its path.
 
     Raises:
+        OSError: `output` cannot be written.
         ImportError: plotly is not installed (``pip install plotly``, or the ``report``
             extra).
     """
@@ -101,9 +102,13 @@ def write_report(
     report = load_report(store, title=title)
     path = Path(output)
     text = render_html(report)
+    # Written beside the target and renamed: a reader never sees half a report.
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -356,6 +361,7 @@ def _sum_points(group: list[IntervalPoint]) -> IntervalPoint:
         succeeded=sum(p.succeeded for p in group),
         failed=sum(p.failed for p in group),
         replayed=sum(p.replayed for p in group),
+        interrupted=sum(p.interrupted for p in group),
         attempts=attempts,
         rate_limited=sum(p.rate_limited for p in group),
         input_tokens=sum(p.input_tokens for p in group),

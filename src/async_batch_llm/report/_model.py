@@ -34,6 +34,9 @@ class IntervalPoint:
     succeeded: int = 0
     failed: int = 0
     replayed: int = 0
+    interrupted: int = 0
+    """Items that ended without an outcome about them (drained, cancelled, timed out past
+    their deadline): the store keeps them unfinished and a rerun runs them."""
     attempts: int = 0
     """Calls made (each retry counts)."""
     rate_limited: int = 0
@@ -96,7 +99,7 @@ class ItemRow:
     item_id: str
     model: str | None = None
     seconds: float | None = None
-    """Time from the first admission to the result (slowest items)."""
+    """Time from the start of the item's first call to its result (slowest items)."""
     attempts: int = 0
     error: str | None = None
     category: str | None = None
