@@ -328,3 +328,37 @@ def test_nothing_is_emitted_without_telemetry_even_with_a_global_sdk(enabled: st
     else:
         assert seen["spans"] == 5 + 5  # items and attempts, through the global provider
         assert "abl.items" in seen["metrics"]
+
+
+async def test_the_time_a_call_waited_for_admission_is_on_its_span_and_in_the_timeline(
+    otel: Telemetry,
+) -> None:
+    """A 429 with a 0.2 s retry hint pauses the scope: the retry waits that long."""
+
+    class Hinted(TooManyRequests):
+        retry_after = 0.2
+
+    class PausedOnce(Scripted):
+        async def execute(self, prompt: str, attempt: int, timeout: float, state: Any = None):
+            if prompt == "first" and attempt == 1:
+                raise Hinted("429 Too Many Requests")
+            return await super().execute(prompt, attempt, timeout, state)
+
+    store = MemoryCheckpointStore()
+    config = _config(timeline_interval=60.0)
+    async with ParallelBatchProcessor(
+        config=config, telemetry=otel.telemetry, checkpoint=store
+    ) as processor:
+        for item in _items(PausedOnce(otel.tracer_provider), ["first"]):
+            await processor.add_work(item)
+        await processor.process_all()
+    waits = {
+        s.attributes["abl.attempt"]: s.attributes["abl.admission.wait"]
+        for s in otel.spans("abl.attempt")
+    }
+    assert waits[1] < 0.05  # admitted at once
+    assert 0.15 < waits[2] < 2.0  # waited out the pause
+    from async_batch_llm._internal.timeline import read_timeline
+
+    (point,) = read_timeline(store.meta).points
+    assert point.admission_wait == pytest.approx((waits[1] + waits[2]) / 2, rel=0.05)

@@ -71,7 +71,7 @@ class ProcessorCompat:
         """
         worker = self._compat_worker(worker_id)
         try:
-            return await self._runner.run(work_item, worker, raise_on_failure=True)
+            return await self._runner.run_instrumented(work_item, worker, raise_on_failure=True)
         finally:
             worker.deadline.close()
             await self._deliver_events()

@@ -507,7 +507,9 @@ class ItemRunner:
         instruments = self.instruments
         probe: Attempt | None = None
         if instruments is not None:
-            probe = instruments.attempt_started(item, number, strategy, worker.admission_wait)
+            probe = instruments.attempt_started(
+                item, number, worker.admission_wait, type(strategy) is _Answered
+            )
         timeline = self.timeline
         if timeline is not None:
             timeline.calls_started += 1
@@ -562,7 +564,7 @@ class ItemRunner:
                     time.monotonic() - start,
                     None,
                     info,
-                    strategy is not item.strategy,
+                    type(strategy) is _Answered,
                 )
             return Failed(error, info, permit)
         permit.settle(Outcome.SUCCEEDED, usage)
@@ -570,7 +572,7 @@ class ItemRunner:
             probe.end(usage, None, None)
         if timeline is not None:
             timeline.call_ended(
-                item.strategy, time.monotonic() - start, usage, None, strategy is not item.strategy
+                item.strategy, time.monotonic() - start, usage, None, type(strategy) is _Answered
             )
         # Positional arguments: this runs once per item and keywords cost twice as much.
         result: WorkItemResult[Any, Any] = WorkItemResult(

@@ -180,12 +180,13 @@ class OTelInstruments:
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def attempt_started(self, item: Any, number: int, strategy: object, waited: float) -> Attempt:
-        """Open the attempt span (the current span until `Attempt.end`)."""
-        # `strategy` is the item's own, or the stand-in that hands over a batch job's answer.
-        own = item.strategy
-        facts = self.facts(own)
-        attempt = Attempt(self, item.item_id, number, facts, waited, own is not strategy)
+    def attempt_started(self, item: Any, number: int, waited: float, answered: bool) -> Attempt:
+        """Open the attempt span (the current span until `Attempt.end`).
+
+        `answered`: the attempt hands over a provider batch job's answer instead of a call.
+        """
+        facts = self.facts(item.strategy)
+        attempt = Attempt(self, item.item_id, number, facts, waited, answered)
         labels = self._labels(facts)
         span = self.tracer.start_span(
             "abl.attempt",
