@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING, Any
 from async_batch_llm._internal.admission import scope_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from async_batch_llm._internal.otel import OTelInstruments
+    from async_batch_llm._internal.rate_control.scope import ScopeSnapshot
     from async_batch_llm.strategies.errors import ErrorInfo
 
-__all__ = ["Attempt", "FactsCache", "StrategyFacts"]
+__all__ = ["Attempt", "FactsCache", "StrategyFacts", "read_scopes"]
 
 logger = logging.getLogger("async_batch_llm")
 
@@ -79,6 +82,18 @@ def _pricer_for(provider: str, model: str) -> Any:
     except ImportError:  # genai-prices is not installed
         return None
     return None
+
+
+def read_scopes(scopes: Callable[[], Iterable[ScopeSnapshot]] | None) -> list[ScopeSnapshot]:
+    """The rate-limit scopes' state now (none without a source, or if reading it fails:
+    telemetry never breaks a run)."""
+    if scopes is None:
+        return []
+    try:
+        return list(scopes())
+    except Exception:
+        logger.debug("Reading the rate-limit scopes failed", exc_info=True)
+        return []
 
 
 class FactsCache:

@@ -20,7 +20,12 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from async_batch_llm._internal.instruments import Attempt, FactsCache, StrategyFacts
+from async_batch_llm._internal.instruments import (
+    Attempt,
+    FactsCache,
+    StrategyFacts,
+    read_scopes,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -286,12 +291,7 @@ class OTelInstruments:
         return [(count, labels.base) for labels, count in self._in_flight.items()]
 
     def snapshots(self) -> list[ScopeSnapshot]:
-        if self._scopes is None:
-            return []
-        try:
-            return list(self._scopes())
-        except Exception:
-            return []
+        return read_scopes(self._scopes)
 
 
 class _Meters:

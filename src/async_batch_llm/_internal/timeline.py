@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from async_batch_llm._internal.instruments import FactsCache, StrategyFacts
+from async_batch_llm._internal.instruments import FactsCache, StrategyFacts, read_scopes
 from async_batch_llm._internal.item_runner import DRAINED_CATEGORY
 from async_batch_llm.report._model import IntervalPoint, ItemRow, LatencyStats, ScopePoint
 
@@ -332,12 +332,7 @@ class TimelineRecorder:
         return rate_limited, usage
 
     def _snapshots(self) -> list[ScopeSnapshot]:
-        if self._scopes is None:
-            return []
-        try:
-            return list(self._scopes())
-        except Exception:
-            return []
+        return read_scopes(self._scopes)
 
     def _sample_scopes(self, now: float, seconds: float) -> list[ScopePoint]:
         snapshots = self._snapshots()
