@@ -27,6 +27,7 @@ from async_batch_llm._internal.timeline import read_timeline
 from async_batch_llm.checkpoint import SQLiteCheckpointReader
 
 LINES: Final = 12
+FOOTER: Final = "Ctrl-C to stop watching"
 FREE: Final = 5
 CONCURRENCY: Final = 3
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\r")
@@ -63,10 +64,14 @@ class Terminal:
         return _ANSI.sub("", self.raw.decode("utf-8", errors="replace"))
 
     def screen(self) -> str:
-        """The last full frame drawn (each frame starts with the state file's name)."""
+        """The last frame received whole: from the state file's name to the footer (a read
+        can end in the middle of a frame)."""
         text = self.text()
-        start = text.rfind("abl-state  run ")
-        return text[start:] if start >= 0 else text
+        end = text.rfind(FOOTER)
+        if end < 0:
+            return text
+        start = text.rfind("abl-state  run ", 0, end)
+        return text[start if start >= 0 else 0 : end + len(FOOTER)]
 
     def read_until(self, condition: Callable[[str], bool], what: str, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
