@@ -121,7 +121,6 @@ class WorkerContext:
 
     __slots__ = (
         "abandoned",
-        "admission_wait",
         "deadline",
         "drain_cancelled",
         "first_call",
@@ -156,9 +155,6 @@ class WorkerContext:
         #: Whether the item's failed result says something about the item itself (a
         #: permanent error for it), so a checkpoint may replay it; set by the runner.
         self.replayable_failure = False
-        #: Seconds the next attempt waited for admission (read by `Instruments`; only
-        #: the waiting path writes it).
-        self.admission_wait = 0.0
         #: When the current item's first call began (`time.monotonic`), for the timeline's
         #: slowest items; 0 until a call is made (set only while a timeline is recorded).
         self.first_call = 0.0
@@ -273,11 +269,14 @@ class ItemRunner:
         raise_on_failure: bool = False,
     ) -> WorkItemResult[Any, Any]:
         """`run` inside the item's span (see `OTelInstruments.run_item`)."""
+        return await self.traced(item, self.run(item, worker, raise_on_failure=raise_on_failure))
+
+    def traced(
+        self, item: LLMWorkItem[Any, Any, Any], run: Awaitable[WorkItemResult[Any, Any]]
+    ) -> Awaitable[WorkItemResult[Any, Any]]:
+        """`run` (the run of `item`) to be awaited inside the item's span, when one is made."""
         instruments = self.instruments
-        run = self.run(item, worker, raise_on_failure=raise_on_failure)
-        if instruments is None:
-            return await run
-        return await instruments.run_item(item, run)
+        return run if instruments is None else instruments.run_item(item, run)
 
     def reconfigure(self, config: ProcessorConfig) -> None:
         """Use `config` (validated) from now on, e.g. after the user edited it in place."""
@@ -317,6 +316,7 @@ class ItemRunner:
         admission = self.admission
         # The first attempt on its own, without the retry loop's bookkeeping: most items
         # need no other.
+        waited = 0.0  # seconds the call waits for admission (only the waiting path measures)
         try:
             permit = admission.try_admit(strategy, worker.worker_id, None, None)
             if permit is None:
@@ -326,7 +326,7 @@ class ItemRunner:
                 )
                 if admitted is None:
                     return self._skipped(item, 0, DRAINED_ERROR)
-                worker.admission_wait = time.monotonic() - waiting_since
+                waited = time.monotonic() - waiting_since
                 permit = admitted
         except Exception as exc:
             # Quota or budget exhausted.
@@ -335,9 +335,8 @@ class ItemRunner:
             )
         if self.draining:
             permit.settle(Outcome.RELEASED)
-            worker.admission_wait = 0.0  # no call waited for it
             return self._skipped(item, 0, DRAINED_ERROR)
-        outcome = await self.attempt(item, worker, 1, strategy, state, permit)
+        outcome = await self.attempt(item, worker, 1, strategy, state, permit, waited)
         if not isinstance(outcome, Failed):
             return outcome
         return await self._retry(item, worker, strategy, state, outcome, raise_on_failure)
@@ -430,6 +429,7 @@ class ItemRunner:
                 drained.token_usage = dict(spent)  # type: ignore[assignment]
                 return drained
             number += 1
+            waited = 0.0
             try:
                 ready = admission.try_admit(strategy, worker.worker_id, permit, limited)
                 if ready is None:
@@ -442,7 +442,7 @@ class ItemRunner:
                         drained = self._skipped(item, number - 1, DRAINED_ERROR)
                         drained.token_usage = dict(spent)  # type: ignore[assignment]
                         return drained
-                    worker.admission_wait = time.monotonic() - waiting_since
+                    waited = time.monotonic() - waiting_since
             except Exception as exc:
                 # Quota exhausted, or rate limited with no progress for too long.
                 given_up = error if type(exc) is RateLimitRetriesExhausted else exc
@@ -457,11 +457,10 @@ class ItemRunner:
                 )
             if self.stopping():
                 ready.settle(Outcome.RELEASED)
-                worker.admission_wait = 0.0  # no call waited for it
                 drained = self._skipped(item, number - 1, DRAINED_ERROR)
                 drained.token_usage = dict(spent)  # type: ignore[assignment]
                 return drained
-            outcome = await self.attempt(item, worker, number, strategy, state, ready)
+            outcome = await self.attempt(item, worker, number, strategy, state, ready, waited)
             if not isinstance(outcome, Failed):
                 if outcome.success and any(spent.values()):
                     # The failed attempts were paid for too: the item's usage covers them all.
@@ -477,10 +476,12 @@ class ItemRunner:
         strategy: Any,
         state: RetryState | None,
         permit: Permit,
+        waited: float = 0.0,
     ) -> WorkItemResult[Any, Any] | Failed:
         """One admitted call: middleware, the strategy under its deadline, events.
 
-        Returns the success (or middleware-skip) result, or the classified failure.
+        `waited` is how long the call waited for its admission (for telemetry). Returns
+        the success (or middleware-skip) result, or the classified failure.
         """
         dispatcher = self.dispatcher
         observed = dispatcher.observers
@@ -499,7 +500,6 @@ class ItemRunner:
                 raise
             if prepared is None:
                 permit.settle(Outcome.RELEASED)
-                worker.admission_wait = 0.0  # no call waited for it
                 return self._skipped(item, number - 1)
             work_item = prepared
         config = self.config
@@ -507,18 +507,14 @@ class ItemRunner:
         instruments = self.instruments
         probe: Attempt | None = None
         if instruments is not None:
-            probe = instruments.attempt_started(
-                item, number, worker.admission_wait, type(strategy) is _Answered
-            )
+            probe = instruments.attempt_started(item, number, waited, type(strategy) is _Answered)
         timeline = self.timeline
         if timeline is not None:
             timeline.calls_started += 1
-            if worker.admission_wait:
-                timeline.waited(worker.admission_wait)
+            if waited:
+                timeline.waited(waited)
             if number == 1 or not worker.first_call:
                 worker.first_call = start
-        if probe is not None or timeline is not None:
-            worker.admission_wait = 0.0
         try:
             # The call runs here, not in a helper coroutine: a frame less per attempt.
             if config.dry_run:

@@ -26,6 +26,7 @@ from async_batch_llm._internal.instruments import (
     StrategyFacts,
     read_scopes,
 )
+from async_batch_llm._internal.values import split_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -152,7 +153,7 @@ class OTelInstruments:
                 if result.error_category:
                     attributes["abl.error.category"] = result.error_category
                 if not result.success:
-                    attributes["error.type"] = _error_type(result.error)
+                    attributes["error.type"] = split_error(result.error or "")[0]
                     span.set_status(Status(StatusCode.ERROR, result.error or None))
             else:
                 span.set_status(Status(StatusCode.ERROR, outcome))
@@ -387,18 +388,19 @@ class _Meters:
         }
 
     def _observe_limits(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(snapshot.requests_per_minute, _scope_attributes(snapshot))
-            for snapshot in self._scope_points().values()
-            if snapshot.requests_per_minute is not None
-        ]
+        return self._observe_scopes("requests_per_minute")
 
     def _observe_utilisation(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(snapshot.utilisation, _scope_attributes(snapshot))
-            for snapshot in self._scope_points().values()
-            if snapshot.utilisation is not None
-        ]
+        return self._observe_scopes("utilisation")
+
+    def _observe_scopes(self, field: str) -> list[Observation]:
+        """`field` of each scope's snapshot, where it is known."""
+        observations = []
+        for snapshot in self._scope_points().values():
+            value = getattr(snapshot, field)
+            if value is not None:
+                observations.append(Observation(value, _scope_attributes(snapshot)))
+        return observations
 
 
 class _Labels:
@@ -462,11 +464,3 @@ def _message(error: BaseException) -> str:
         return str(error)[:500]
     except Exception:
         return ""
-
-
-def _error_type(error: str | None) -> str:
-    """The exception class of a result's ``"<Class>: <message>"`` error text."""
-    if not error:
-        return "error"
-    head, _, _ = error.partition(":")
-    return head.strip() or "error"

@@ -323,11 +323,7 @@ class StreamRun:
             answer = answers.pop(0)
             if not answers:
                 del self._answers[id(item)]
-            answered = runner.run_answered(item, worker, answer)
-            instruments = runner.instruments
-            if instruments is None:
-                return await answered
-            return await instruments.run_item(item, answered)
+            return await runner.traced(item, runner.run_answered(item, worker, answer))
         result: WorkItemResult[Any, Any] = await runner.entry_point()(item, worker)
         return result
 

@@ -76,18 +76,8 @@ class LatencyHistogram:
         self.count = 0
         self.max = 0.0
 
-    def add(self, seconds: float) -> None:
-        index = _bucket(seconds)
-        self.buckets[index] = self.buckets.get(index, 0) + 1
-        self.count += 1
-        if seconds > self.max:
-            self.max = seconds
-
     def add_all(self, values: list[float]) -> None:
-        base, scale, log = _BUCKET_BASE, 1.0 / _LOG_GROWTH, math.log
-        counted = Counter(
-            [1 + int(log(value / base) * scale) if value > base else 0 for value in values]
-        )
+        counted = Counter(map(_bucket, values))
         buckets = self.buckets
         for index, count in counted.items():
             buckets[index] = buckets.get(index, 0) + count

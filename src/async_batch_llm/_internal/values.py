@@ -19,6 +19,7 @@ __all__ = [
     "TokenUsage",
     "WorkItemResult",
     "empty_usage",
+    "split_error",
 ]
 
 _PUBLIC_MODULE = "async_batch_llm.base"
@@ -113,6 +114,15 @@ class LLMResponse:
         if self.cached_input_tokens:
             usage["cached_input_tokens"] = self.cached_input_tokens
         return usage
+
+
+def split_error(error: str) -> tuple[str, str]:
+    """The exception class and message of a result's ``"<Class>: <message>"`` error text
+    (``"Error"`` and the whole text when it is not in that form)."""
+    kind, sep, message = error.partition(": ")
+    if not sep or not kind.isidentifier():
+        return "Error", error
+    return kind, message
 
 
 def empty_usage() -> TokenUsage:

@@ -11,6 +11,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Final
 
+from async_batch_llm._internal.values import split_error
+
 __all__ = ["OutputWriter", "error_parts", "output_line"]
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
@@ -20,9 +22,7 @@ def error_parts(error: str | None, category: str | None) -> dict[str, Any] | Non
     """``{"type", "message", "category"}`` of a result's ``"Type: message"`` error text."""
     if error is None:
         return None
-    kind, sep, message = error.partition(": ")
-    if not sep or not kind.isidentifier():
-        kind, message = "Error", error
+    kind, message = split_error(error)
     return {"type": kind, "message": message, "category": category}
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from async_batch_llm._internal.checkpointing import SESSION_KEY, STRATEGIES_KEY
+from async_batch_llm._internal.values import BATCH_USAGE_KEY
 from async_batch_llm.checkpoint.base import CheckpointEntry, EntryState
 from async_batch_llm.report._model import (
     IntervalPoint,
@@ -28,11 +31,9 @@ MAX_POINTS = 600
 """The most intervals (and points per scope) a report draws; longer runs are merged."""
 FAILED_KEPT = 50
 
-# The checkpoint metadata keys this module reads (written by `CheckpointSession` and the CLI).
-_STRATEGIES_KEY = "strategies"
-_SESSION_KEY = "session"
+# The model of an `abl run`, as the CLI records it (`cli._run.META_MODEL`; importing it
+# would load the CLI's own dependencies into every report).
 _CLI_MODEL_KEY = "abl.model"
-_BATCH_USAGE_KEY = "batch_requests"
 
 
 def load_report(
@@ -163,7 +164,7 @@ def _build(
         source=label,
         title=title or f"async-batch-llm run report: {Path(label).name}",
         generated_at=time.time(),
-        sessions=_int(meta.get(_SESSION_KEY)),
+        sessions=_int(meta.get(SESSION_KEY)),
         started_at=timeline.started_at,
     )
     if read_entries:
@@ -211,7 +212,7 @@ def _fold_entries(
 ) -> None:
     models = _models_by_fingerprint(meta)
     default_model = meta.get(_CLI_MODEL_KEY)
-    pricers: dict[tuple[str, bool], Any] = {}
+    price = _price_function()
     by_model: dict[str, ModelCost] = {}
     histogram: dict[int, int] = {}
     categories: dict[str, int] = {}
@@ -237,9 +238,9 @@ def _fold_entries(
         if usage:
             cost.input_tokens += usage.get("input_tokens", 0)
             cost.output_tokens += usage.get("output_tokens", 0)
-            price = _price(pricers, model, usage)
-            if price is not None:
-                cost.cost_usd = (cost.cost_usd or 0.0) + price
+            dollars = price(model, usage, batch=bool(usage.get(BATCH_USAGE_KEY)))
+            if dollars is not None:
+                cost.cost_usd = (cost.cost_usd or 0.0) + float(dollars)
         if state is EntryState.FAILED or (
             state is EntryState.INTERRUPTED and entry.error is not None
         ):
@@ -265,34 +266,22 @@ def _fold_entries(
     report.failed_items = failed
 
 
-def _price(
-    pricers: dict[tuple[str, bool], Any], model: str, usage: Mapping[str, int]
-) -> float | None:
-    batch = bool(usage.get(_BATCH_USAGE_KEY))
-    key = (model, batch)
-    if key not in pricers:
-        pricers[key] = _pricer(model, batch)
-    pricer = pricers[key]
-    if pricer is None:
-        return None
-    price = pricer.price(usage)
-    return None if price is None else float(price)
-
-
-def _pricer(model: str, batch: bool) -> Any:
+def _price_function() -> Callable[..., Decimal | None]:
+    """`pricing.price_usage` (its pricers cached per model), or no price without
+    genai-prices."""
     try:
-        from async_batch_llm.pricing import Pricer
+        from async_batch_llm.pricing import price_data_version, price_usage
 
-        pricer = Pricer(model, batch=batch)
+        price_data_version()  # raises ImportError without genai-prices
     except ImportError:
-        return None
-    return pricer if pricer.known else None
+        return lambda model, usage, batch: None
+    return price_usage
 
 
 def _models_by_fingerprint(meta: Mapping[str, str]) -> dict[str, str]:
     """The model each strategy fingerprint in the store's metadata describes."""
     try:
-        described = json.loads(meta.get(_STRATEGIES_KEY) or "{}")
+        described = json.loads(meta.get(STRATEGIES_KEY) or "{}")
     except ValueError:
         return {}
     if not isinstance(described, dict):
@@ -333,20 +322,32 @@ def _int(value: str | None) -> int:
 
 
 def _merge_points(points: list[IntervalPoint], max_points: int) -> list[IntervalPoint]:
-    """At most `max_points` intervals: runs of neighbours (of one session) summed."""
+    """At most `max_points` intervals (plus one per session): runs of neighbours summed."""
     if len(points) <= max_points:
         return points
-    size = -(-len(points) // max_points)
-    merged: list[IntervalPoint] = []
-    group: list[IntervalPoint] = []
-    for point in points:
-        if group and (len(group) == size or group[0].session != point.session):
-            merged.append(_sum_points(group))
-            group = []
-        group.append(point)
-    if group:
-        merged.append(_sum_points(group))
-    return merged
+    return [
+        _sum_points(group)
+        for group in _runs(points, max_points, lambda a, b: a.session == b.session)
+    ]
+
+
+_P = TypeVar("_P")
+
+
+def _runs(
+    series: list[_P], max_points: int, together: Callable[[_P, _P], bool] | None = None
+) -> Iterator[list[_P]]:
+    """`series` cut into runs of neighbours, at most `max_points` of them (runs also end
+    where `together` says two neighbours may not share one)."""
+    size = -(-len(series) // max_points)
+    run: list[_P] = []
+    for point in series:
+        if run and (len(run) == size or (together is not None and not together(run[0], point))):
+            yield run
+            run = []
+        run.append(point)
+    if run:
+        yield run
 
 
 def _sum_points(group: list[IntervalPoint]) -> IntervalPoint:
@@ -375,6 +376,7 @@ def _sum_points(group: list[IntervalPoint]) -> IntervalPoint:
 
 
 def _merge_scopes(points: list[ScopePoint], max_points: int) -> list[ScopePoint]:
+    """At most `max_points` points per scope: runs of neighbours merged."""
     by_scope: dict[str, list[ScopePoint]] = {}
     for point in points:
         by_scope.setdefault(point.scope, []).append(point)
@@ -382,23 +384,22 @@ def _merge_scopes(points: list[ScopePoint], max_points: int) -> list[ScopePoint]
     for series in by_scope.values():
         if len(series) <= max_points:
             merged.extend(series)
-            continue
-        size = -(-len(series) // max_points)
-        for start in range(0, len(series), size):
-            group = series[start : start + size]
-            last = group[-1]
-            merged.append(
-                ScopePoint(
-                    at=last.at,
-                    elapsed=last.elapsed,
-                    scope=last.scope,
-                    limit_rpm=last.limit_rpm,
-                    limit_source=last.limit_source,
-                    achieved_rpm=sum(p.achieved_rpm for p in group) / len(group),
-                    rate_limited=sum(p.rate_limited for p in group),
-                    utilisation=last.utilisation,
-                    paused=any(p.paused for p in group),
-                )
-            )
+        else:
+            merged.extend(_merge_scope_run(run) for run in _runs(series, max_points))
     merged.sort(key=lambda point: point.at)
     return merged
+
+
+def _merge_scope_run(run: list[ScopePoint]) -> ScopePoint:
+    last = run[-1]
+    return ScopePoint(
+        at=last.at,
+        elapsed=last.elapsed,
+        scope=last.scope,
+        limit_rpm=last.limit_rpm,
+        limit_source=last.limit_source,
+        achieved_rpm=sum(p.achieved_rpm for p in run) / len(run),
+        rate_limited=sum(p.rate_limited for p in run),
+        utilisation=last.utilisation,
+        paused=any(p.paused for p in run),
+    )
