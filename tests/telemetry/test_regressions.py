@@ -178,3 +178,57 @@ async def test_telemetry_never_changes_how_an_item_ends() -> None:
     assert spans["abl.item"].attributes["abl.outcome"] == "failed"
     assert spans["abl.attempt"].attributes["abl.outcome"] == "failed"
     assert spans["abl.attempt"].attributes["error.type"] == "BrokenMessage"
+
+
+_PRICES_OFF_THE_LOOP = """
+import asyncio, sys, threading
+from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessorConfig
+from async_batch_llm.checkpoint import MemoryCheckpointStore
+from async_batch_llm.llm_strategies import LLMCallStrategy
+
+assert "genai_prices" not in sys.modules
+importers = []
+real_import = __import__
+
+def spying_import(name, *args, **kwargs):
+    if name == "genai_prices" and "genai_prices" not in sys.modules:
+        importers.append(threading.current_thread().name)
+    return real_import(name, *args, **kwargs)
+
+__builtins__.__import__ = spying_import
+
+class Echo(LLMCallStrategy[str]):
+    async def execute(self, prompt, attempt, timeout, state=None):
+        # The loader started with the run's timeline; a run lasts longer than it.
+        from async_batch_llm._internal import instruments
+        loader = instruments._price_loader
+        if loader is None:
+            raise ValueError("the run did not start loading the prices")
+        await asyncio.to_thread(loader.join)
+        return prompt, {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+
+async def main():
+    config = ProcessorConfig(max_workers=2, timeline_interval=60.0)
+    async with ParallelBatchProcessor(config=config, checkpoint=MemoryCheckpointStore()) as p:
+        items = (LLMWorkItem(item_id=f"i{k}", strategy=Echo(), prompt="p") for k in range(3))
+        return [r async for r in p.stream(items)]
+
+print(sum(r.success for r in asyncio.run(main())), importers)
+"""
+
+
+def test_the_price_data_is_loaded_beside_the_event_loop_not_on_it() -> None:
+    """Importing genai-prices takes about half a second; on the loop, the first timeline
+    interval (or cost metric) stalled every call in flight for that long."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PRICES_OFF_THE_LOOP],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=1) == ["3", "['async-batch-llm-prices']\n"]

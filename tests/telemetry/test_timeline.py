@@ -20,9 +20,12 @@ from hypothesis import strategies as st
 
 from async_batch_llm import LLMWorkItem, ParallelBatchProcessor, ProcessorConfig, RetryConfig
 from async_batch_llm._internal.timeline import (
+    _BOUNDS,
     CHUNK_POINTS,
     LatencyHistogram,
     TimelineRecorder,
+    _bucket,
+    _bucket_upper,
     read_timeline,
 )
 from async_batch_llm._internal.values import WorkItemResult
@@ -30,6 +33,7 @@ from async_batch_llm.checkpoint import MemoryCheckpointStore
 from async_batch_llm.llm_strategies import LLMCallStrategy
 from async_batch_llm.report import IntervalPoint, load_report
 from async_batch_llm.report._load import _merge_points
+from async_batch_llm.strategies.errors import ErrorInfo
 
 
 class Clock:
@@ -162,6 +166,48 @@ def test_the_recorder_rewrites_only_the_open_chunk_and_the_summary() -> None:
     slowest = [row.item_id for row in data.slowest]
     assert slowest == [f"item{step}" for step in range(CHUNK_POINTS + 4, CHUNK_POINTS - 16, -1)]
     assert json.loads(written["timeline:7:summary"])["ended"] is False
+
+
+class _Fast(LLMCallStrategy[str]):
+    async def execute(self, prompt: str, attempt: int, timeout: float, state: Any = None) -> Any:
+        return prompt, {}
+
+
+class _Slow(_Fast):
+    pass
+
+
+def test_the_recorder_keeps_each_strategys_calls_apart_and_429s_out_of_latency() -> None:
+    clock = Clock()
+    recorder = TimelineRecorder(1, interval=1.0, clock=clock)
+    fast, slow = _Fast(), _Slow()  # two models, as far as the timeline can tell
+    limited = ErrorInfo(True, True, False, "rate_limit")
+    flaky = ErrorInfo(True, False, False, "network_error")
+    usage = {"input_tokens": 4, "output_tokens": 1, "total_tokens": 5}
+    for _ in range(3):
+        recorder.call_ended(fast, 0.01, usage, None, False)
+        recorder.call_ended(slow, 2.0, {"input_tokens": 10}, None, False)
+    recorder.call_ended(fast, 0.5, None, limited, False)
+    recorder.call_ended(slow, 3.0, None, flaky, False)
+    recorder.call_ended(slow, 9.0, usage, None, True)  # untimed: tokens count, latency not
+    point = read_timeline(recorder.flush()).points[0]
+    assert point.rate_limited == 1
+    assert (point.input_tokens, point.output_tokens) == (3 * 4 + 3 * 10 + 4, 3 * 1 + 1)
+    assert recorder.latency["_Fast"].count == 3  # the 429 is not a model's answer time
+    assert recorder.latency["_Slow"].count == 4  # the failure is, the untimed call is not
+    assert recorder.latency["_Slow"].max == 3.0
+    recorder.call_ended(fast, 0.02, usage, None, False)
+    again = read_timeline(recorder.flush()).points[-1]
+    assert (again.rate_limited, again.input_tokens) == (0, 4)
+    assert recorder.latency["_Fast"].count == 4
+
+
+@given(st.floats(min_value=1e-6, max_value=1e6, allow_nan=False))
+def test_a_latency_bucket_holds_the_durations_between_its_bounds(seconds: float) -> None:
+    index = _bucket(seconds)
+    assert seconds <= _bucket_upper(index) or index == len(_BOUNDS)
+    if index:
+        assert seconds > _bucket_upper(index - 1)
 
 
 def test_read_timeline_skips_malformed_values() -> None:

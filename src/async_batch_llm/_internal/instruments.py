@@ -8,6 +8,7 @@ by OpenTelemetry (`_internal.otel`) and the checkpoint's timeline (`_internal.ti
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from async_batch_llm._internal.rate_control.scope import ScopeSnapshot
     from async_batch_llm.strategies.errors import ErrorInfo
 
-__all__ = ["Attempt", "FactsCache", "StrategyFacts", "read_scopes"]
+__all__ = ["Attempt", "FactsCache", "StrategyFacts", "load_prices_in_background", "read_scopes"]
 
 logger = logging.getLogger("async_batch_llm")
 
@@ -67,6 +68,37 @@ class StrategyFacts:
             logger.debug("pricing %s failed", self.model_key, exc_info=True)
             return None
         return None if price is None else float(price)
+
+
+_price_loader: threading.Thread | None = None
+_price_loader_lock = threading.Lock()
+
+
+def load_prices_in_background() -> threading.Thread:
+    """Import genai-prices and its data on a thread (once per process); return that thread.
+
+    The first price a run asks for (a timeline interval's cost, a call's cost metric) is
+    asked on the event loop, and importing the price data takes about half a second: done
+    there, it would stall every call in flight. Started when telemetry or a timeline is
+    set up, the import is over (or running beside the loop) by then.
+    """
+    global _price_loader
+    with _price_loader_lock:
+        if _price_loader is None:
+            _price_loader = threading.Thread(
+                target=_load_prices, name="async-batch-llm-prices", daemon=True
+            )
+            _price_loader.start()
+        return _price_loader
+
+
+def _load_prices() -> None:
+    try:
+        from async_batch_llm.pricing import _bundled_snapshot
+
+        _bundled_snapshot()
+    except Exception:  # not installed, or broken: pricing says so when it is asked
+        logger.debug("Loading the price data failed", exc_info=True)
 
 
 def _pricer_for(provider: str, model: str) -> Any:

@@ -17,9 +17,10 @@ items. `read_timeline` decodes what any number of sessions wrote.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import heapq
 import json
-import math
 import operator
 import time
 from collections import Counter
@@ -27,7 +28,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from async_batch_llm._internal.instruments import FactsCache, StrategyFacts, read_scopes
+from async_batch_llm._internal.instruments import (
+    FactsCache,
+    StrategyFacts,
+    load_prices_in_background,
+    read_scopes,
+)
 from async_batch_llm._internal.item_runner import DRAINED_CATEGORY
 from async_batch_llm.report._model import IntervalPoint, ItemRow, LatencyStats, ScopePoint
 
@@ -51,15 +57,14 @@ SLOWEST_KEPT = 20
 
 # Latency buckets: geometric, 5% apart, from 1 ms; a percentile read from them is off by at
 # most 5%, and a whole day fits in about 400 buckets (sparse: only used ones are stored).
+# Bucket i holds the durations in (upper(i - 1), upper(i)]; the last one everything longer.
 _BUCKET_BASE = 0.001
 _BUCKET_GROWTH = 1.05
-_LOG_GROWTH = math.log(_BUCKET_GROWTH)
-
-
-def _bucket(seconds: float) -> int:
-    if seconds <= _BUCKET_BASE:
-        return 0
-    return 1 + int(math.log(seconds / _BUCKET_BASE) / _LOG_GROWTH)
+_BUCKET_COUNT = 480  # the last bound is about 150 days
+_BOUNDS = [_BUCKET_BASE * _BUCKET_GROWTH**index for index in range(_BUCKET_COUNT)]
+# A bisection in C per duration: an interval can hold tens of thousands of calls, and a
+# Python function per value (a logarithm) cost more than everything else recorded.
+_bucket: Callable[[float], int] = functools.partial(bisect.bisect_left, _BOUNDS)
 
 
 def _bucket_upper(index: int) -> float:
@@ -115,20 +120,41 @@ class LatencyHistogram:
         return histogram
 
 
+class _Calls:
+    """The calls of one strategy in an interval: durations, and the usage of successes."""
+
+    __slots__ = ("seconds", "strategy", "usage")
+
+    def __init__(self, strategy: object) -> None:
+        self.strategy = strategy
+        self.seconds: list[float] = []
+        self.usage: list[dict[str, int]] = []
+
+
 class _Interval:
     """What happened since the last flush.
 
-    The hooks on the workers' path only count and append; bucketing and pricing happen
-    once per interval in `TimelineRecorder.flush`.
+    The hooks on the workers' path only count and append (to the calls of the item's
+    strategy); bucketing, summing and pricing happen once per interval in
+    `TimelineRecorder.flush`.
     """
 
-    __slots__ = ("calls", "failed", "interrupted", "replayed", "succeeded", "wait_sum")
+    __slots__ = (
+        "calls",
+        "failed",
+        "interrupted",
+        "rate_limited",
+        "replayed",
+        "succeeded",
+        "wait_sum",
+    )
 
     def __init__(self) -> None:
         self.succeeded = self.failed = self.interrupted = self.replayed = 0
+        self.rate_limited = 0
         self.wait_sum = 0.0
-        #: (the item's strategy, seconds, usage or None, rate limited, untimed).
-        self.calls: list[tuple[object, float, dict[str, int] | None, bool, bool]] = []
+        #: By strategy id.
+        self.calls: dict[int, _Calls] = {}
 
 
 class TimelineRecorder:
@@ -136,7 +162,7 @@ class TimelineRecorder:
 
     `ItemRunner` counts each call it starts (`calls_started`), reports each that ends
     (`call_ended`) and the time calls waited for admission (`waited`); the run reports
-    each result (`item_ended`, `item_replayed`). None of it allocates more than a tuple.
+    each result (`item_ended`, `item_replayed`). Each hook only counts or appends.
 
     Args:
         session: The store session (run number) the timeline belongs to.
@@ -160,6 +186,8 @@ class TimelineRecorder:
         self.started_at = clock()
         self._last_flush = self.started_at
         self._current = _Interval()
+        # The calls of the strategy met last (most runs have one): no lookup per call.
+        self._last_calls: _Calls | None = None
         self._points: list[dict[str, Any]] = []  # the open chunk
         self._chunk = 0
         # Admitted and rate-limited calls per scope at the last sample. Seeded now: a rate
@@ -169,6 +197,7 @@ class TimelineRecorder:
             for snapshot in self._snapshots()
         }
         self._facts = FactsCache()
+        load_prices_in_background()
         #: Calls started so far (the runner adds to it); minus those ended: in flight.
         self.calls_started = 0
         self._calls_ended = 0
@@ -193,9 +222,26 @@ class TimelineRecorder:
         over, a call cut short by the batch's cancellation); it is left out of latency.
         """
         self._calls_ended += 1
-        self._current.calls.append(
-            (strategy, seconds, usage, info is not None and info.is_rate_limit, untimed)
-        )
+        calls = self._last_calls
+        if calls is None or calls.strategy is not strategy:
+            calls = self._calls_of(strategy)
+        if info is None:
+            if not untimed:
+                calls.seconds.append(seconds)
+            if usage:
+                calls.usage.append(usage)
+        elif info.is_rate_limit:
+            self._current.rate_limited += 1
+        elif not untimed:
+            calls.seconds.append(seconds)
+
+    def _calls_of(self, strategy: object) -> _Calls:
+        by_id = self._current.calls
+        calls = by_id.get(id(strategy))
+        if calls is None or calls.strategy is not strategy:
+            calls = by_id[id(strategy)] = _Calls(strategy)
+        self._last_calls = calls
+        return calls
 
     def waited(self, seconds: float) -> None:
         """A call waited `seconds` for admission before it started."""
@@ -235,9 +281,10 @@ class TimelineRecorder:
         """Close the current interval; the metadata keys to write (chunk and summary)."""
         now = self._clock()
         current, self._current = self._current, _Interval()
+        self._last_calls = None
         attempts = self.calls_started - self._flushed_started
         self._flushed_started = self.calls_started
-        rate_limited, usage = self._fold_calls(current.calls)
+        usage = self._fold_calls(current.calls.values())
         # Priced once per strategy and interval: pricing each call would cost more than
         # everything else recorded about it. (A price that depends on each request's size,
         # such as a long-context tier, is applied to the sum here; the store's per-item
@@ -254,7 +301,7 @@ class TimelineRecorder:
             interrupted=current.interrupted,
             replayed=current.replayed,
             attempts=attempts,
-            rate_limited=rate_limited,
+            rate_limited=current.rate_limited,
             input_tokens=sum(u.get("input_tokens", 0) for u in usage.values()),
             output_tokens=sum(u.get("output_tokens", 0) for u in usage.values()),
             cost_usd=sum(priced) if priced else None,
@@ -287,39 +334,25 @@ class TimelineRecorder:
             f"{prefix}summary": _dumps(summary),
         }
 
-    def _fold_calls(
-        self, calls: list[tuple[object, float, dict[str, int] | None, bool, bool]]
-    ) -> tuple[int, dict[StrategyFacts, dict[str, int]]]:
-        """Count 429s, bucket call latency per model, sum tokens per strategy.
-
-        Grouped per strategy first so that bucketing and summing run as comprehensions
-        and C-level sums: an interval can hold tens of thousands of calls.
-        """
-        rate_limited = 0
-        durations: dict[StrategyFacts, list[float]] = {}
-        spent: dict[StrategyFacts, list[dict[str, int]]] = {}
-        for strategy, seconds, counts, limited, untimed in calls:
-            facts = self._facts(strategy)
-            if limited:
-                rate_limited += 1
-            elif not untimed:
-                durations.setdefault(facts, []).append(seconds)
-            if counts:
-                spent.setdefault(facts, []).append(counts)
+    def _fold_calls(self, interval_calls: Iterable[_Calls]) -> dict[StrategyFacts, dict[str, int]]:
+        """Bucket call latency per model and sum tokens per strategy (C-level maps and
+        sums over each strategy's lists: an interval can hold tens of thousands of calls)."""
         latency = self.latency
-        for facts, values in durations.items():
-            histogram = latency.get(facts.model_key)
-            if histogram is None:
-                histogram = latency[facts.model_key] = LatencyHistogram()
-            histogram.add_all(values)
-        usage = {
-            facts: {
-                key: sum(map(operator.methodcaller("get", key, 0), dicts))
-                for key in set().union(*dicts)
-            }
-            for facts, dicts in spent.items()
-        }
-        return rate_limited, usage
+        usage: dict[StrategyFacts, dict[str, int]] = {}
+        for calls in interval_calls:
+            facts = self._facts(calls.strategy)
+            if calls.seconds:
+                histogram = latency.get(facts.model_key)
+                if histogram is None:
+                    histogram = latency[facts.model_key] = LatencyHistogram()
+                histogram.add_all(calls.seconds)
+            dicts = calls.usage
+            if dicts:
+                summed = usage.setdefault(facts, {})
+                for key in set().union(*dicts):
+                    total = sum(map(operator.methodcaller("get", key, 0), dicts))
+                    summed[key] = summed.get(key, 0) + total
+        return usage
 
     def _snapshots(self) -> list[ScopeSnapshot]:
         return read_scopes(self._scopes)
