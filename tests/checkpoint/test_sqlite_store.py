@@ -492,6 +492,35 @@ class TestErrors:
         finally:
             await store.close()
 
+    @pytest.mark.parametrize("usage", ["not json", "5", "[1, 2]"])
+    async def test_a_usage_column_that_is_not_an_object_is_unreadable(
+        self, db_path: Path, usage: str
+    ) -> None:
+        store = await opened(db_path)
+        try:
+            await store.record([make_entry("a")])
+            with connect(db_path) as conn:
+                conn.execute("UPDATE entries SET usage = ?", (usage,))
+            with pytest.raises(CheckpointError, match="cannot be read back"):
+                await store.lookup(["a"])
+            with SQLiteCheckpointReader(db_path) as reader, pytest.raises(CheckpointError):
+                list(reader.entries())
+        finally:
+            await store.close()
+
+    async def test_an_id_looked_up_twice_gets_two_usage_dicts(self, db_path: Path) -> None:
+        store = await opened(db_path)
+        try:
+            await store.record([make_entry("a")])
+            first, second = await store.lookup(["a", "a"])
+            assert first == second == make_entry("a")
+            assert first is not None
+            assert second is not None
+            first.usage["input_tokens"] = 0
+            assert second.usage == make_entry("a").usage
+        finally:
+            await store.close()
+
     async def test_close_releases_the_lock_after_an_error(self, db_path: Path) -> None:
         store = await opened(db_path)
         store._conn = FailingConnection(store._conn)  # type: ignore[arg-type,assignment]

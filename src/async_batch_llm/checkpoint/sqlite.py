@@ -680,7 +680,15 @@ def _lookup(
                 msg = f"Checkpoint store {path} holds an entry that cannot be read back: {exc!r}"
                 raise CheckpointError(msg) from exc
     get = found.get
-    return _to_entries([get(item_id) for item_id in item_ids], path)
+    rows = [get(item_id) for item_id in item_ids]
+    if len(unique) < len(item_ids):
+        # An id given twice: each position gets its own entry, usage included.
+        rows = [None if row is None else (*row[:8], _copy_usage(row[8]), *row[9:]) for row in rows]
+    return _to_entries(rows, path)
+
+
+def _copy_usage(usage: Any) -> Any:
+    return dict(usage) if type(usage) is dict else usage
 
 
 def _check_file_header(path: Path) -> None:
@@ -799,8 +807,10 @@ def _lookup_sql(count: int) -> str:
         placeholders = ", ".join("?" * count)
         sql = (
             "SELECT json_group_array(json_array(item_id, prompt_hash, strategy, session, "
-            "state, codec, iif(payload IS NULL, NULL, hex(payload)), error, usage, attempts, "
-            "category)) "
+            "state, codec, iif(payload IS NULL, NULL, hex(payload)), error, "
+            # The usage as an object inside the packed row, decoded with it in one pass;
+            # text that is not JSON stays text and fails as an unreadable entry.
+            "iif(json_valid(usage), json(usage), usage), attempts, category)) "
             f"FROM entries WHERE item_id IN ({placeholders})"
         )
         _lookup_statements[count] = sql
@@ -824,7 +834,7 @@ def _to_entries(rows: list[_Row | None], path: Path) -> list[CheckpointEntry | N
                 row[5],
                 row[6],
                 row[7],
-                {} if row[8] == "{}" else decode(row[8]),
+                row[8] if type(row[8]) is dict else _usage_of(row[8], decode),
                 row[9],
                 row[10],
             )
@@ -833,6 +843,16 @@ def _to_entries(rows: list[_Row | None], path: Path) -> list[CheckpointEntry | N
     except (KeyError, ValueError, StopIteration) as exc:
         msg = f"Checkpoint store {path} holds an entry that cannot be read back: {exc!r}"
         raise CheckpointError(msg) from exc
+
+
+def _usage_of(stored: Any, decode: Callable[[str], Any]) -> dict[str, int]:
+    """The usage column's text (or a packed lookup's non-object value) as a dict."""
+    if stored == "{}":
+        return {}
+    usage = decode(stored) if type(stored) is str else stored
+    if type(usage) is not dict:
+        raise ValueError(f"usage is not a JSON object: {stored!r}")
+    return usage
 
 
 def _state(value: int, path: Path) -> EntryState:
