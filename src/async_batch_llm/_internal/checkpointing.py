@@ -46,6 +46,8 @@ STRATEGIES_KEY: Final = "strategies"
 FORMAT_KEY: Final = "format"
 FORMAT: Final = "async-batch-llm/1"
 
+_NO_STRATEGY: Final = object()
+
 #: A decision for one item: the stored result to replay, or ``None`` to run it.
 Decision = tuple[int, Any, WorkItemResult[Any, Any] | None]
 
@@ -171,6 +173,9 @@ class CheckpointSession:
         keys = self._keys
         stop: Exception | None = None
         dropped: list[tuple[int, Any]] = []
+        # Most batches hold one strategy: its fingerprint is looked up once.
+        last_strategy: object = _NO_STRATEGY
+        strategy_print = ""
         for position, ((seq, item), entry) in enumerate(zip(batch, entries, strict=True)):
             item_id = item.item_id
             if item_id in seen or (entry is not None and entry.session == session):
@@ -178,7 +183,10 @@ class CheckpointSession:
                 dropped = list(batch[position:])
                 break
             seen.add(item_id)
-            strategy_print = self.fingerprint_of(item.strategy)
+            strategy = item.strategy
+            if strategy is not last_strategy:
+                strategy_print = self.fingerprint_of(strategy)
+                last_strategy = strategy
             digest = prompt_hash(item.prompt)
             replay = None
             if entry is None:
@@ -219,14 +227,18 @@ class CheckpointSession:
             if known is not None
             else (prompt_hash(item.prompt), self.fingerprint_of(item.strategy))
         )
+        # Positional: this runs for every outcome, and keywords cost more.
         entry = CheckpointEntry(
             item.item_id,
             digest,
             strategy_print,
             self.session,
             EntryState.SUCCEEDED,
-            usage=dict(usage) if type(usage) is dict else {},
-            attempts=result.attempts,
+            None,
+            None,
+            None,
+            dict(usage) if type(usage) is dict else {},
+            result.attempts,
         )
         if result.via == "batch":
             entry.usage[BATCH_USAGE_KEY] = 1
@@ -310,7 +322,8 @@ class CheckpointSession:
                 None,
                 True,
                 entry.attempts,
-                via=via,
+                None,
+                via,
             )
         if state is EntryState.FAILED and policy is ResumePolicy.REUSE_ALL:
             failed_usage: Any = dict(entry.usage)

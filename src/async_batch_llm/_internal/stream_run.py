@@ -63,6 +63,10 @@ def default_window(max_workers: int, mode: str = "online") -> int:
     return max(4 * max_workers, 64)
 
 
+#: A replayed result with its item and input position.
+_Replay = tuple[int, Any, WorkItemResult[Any, Any]]
+
+
 class ReplayJob:
     """A replayed result that still needs the post-processor: a worker runs it."""
 
@@ -740,6 +744,28 @@ class StreamRun:
                 {"item_id": item.item_id, "success": result.success},
             )
 
+    def _publish_replays(self, replayed: list[_Replay]) -> None:
+        """`_count_replayed` and `_put` for a batch of replays (a resume is mostly these)."""
+        processor = self.processor
+        count = processor._count_result
+        instruments = processor._runner.instruments
+        dispatcher = processor._dispatcher
+        put = self.output.put
+        for seq, item, result in replayed:
+            count(result, item, False)
+            if instruments is not None:
+                instruments.item_replayed(item, result)
+            if dispatcher.observers:
+                dispatcher.publish(
+                    ProcessingEvent.ITEM_REPLAYED,
+                    {"item_id": item.item_id, "success": result.success},
+                )
+            put(seq, result)
+        if self.timeline is not None:
+            self.timeline.item_replayed(len(replayed))
+        self._outstanding -= len(replayed)
+        self._wake_consumer()
+
     def _seq_of(self, item: Any) -> int:
         """The input position of a queued item (only kept for ordered output)."""
         return self._positions.pop(item) if self._positions is not None else 0
@@ -876,14 +902,16 @@ class StreamRun:
 
     def _apply(self, admitted: Admitted) -> None:
         """Queue the items to run (claimed now), publish the replays, stop at a duplicate."""
+        replayed: list[_Replay] = []
         for seq, item, replay in admitted.decisions:
             if replay is None:
                 self._route(item, seq)
             elif self.post_processing:
                 self._queue_live(ReplayJob(item, replay, seq), seq)
             else:
-                self._count_replayed(replay, item)
-                self._put(seq, replay)
+                replayed.append((seq, item, replay))
+        if replayed:
+            self._publish_replays(replayed)
         if admitted.stop is not None:
             self._deferred = admitted.stop
             for seq, _ in admitted.dropped:

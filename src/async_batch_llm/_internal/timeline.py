@@ -268,8 +268,9 @@ class TimelineRecorder:
             if len(slowest) == SLOWEST_KEPT:
                 self._slowest_floor = slowest[0][0]
 
-    def item_replayed(self) -> None:
-        self._current.replayed += 1
+    def item_replayed(self, count: int = 1) -> None:
+        """`count` results were replayed from the store."""
+        self._current.replayed += count
 
     @property
     def in_flight(self) -> int:
