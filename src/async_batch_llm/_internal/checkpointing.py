@@ -46,8 +46,6 @@ STRATEGIES_KEY: Final = "strategies"
 FORMAT_KEY: Final = "format"
 FORMAT: Final = "async-batch-llm/1"
 
-_NO_STRATEGY: Final = object()
-
 #: A decision for one item: the stored result to replay, or ``None`` to run it.
 Decision = tuple[int, Any, WorkItemResult[Any, Any] | None]
 
@@ -93,6 +91,7 @@ class CheckpointSession:
         # Fingerprints by strategy object (held, so that an id is not reused), and the
         # descriptions of every fingerprint the store has seen, for mismatch messages.
         self._fingerprints: dict[int, tuple[object, str]] = {}
+        self._last_fingerprint: tuple[object, str] = (None, "")
         self._described: dict[str, Any] = {}
         self._new_described = False
         self._opened = False
@@ -173,9 +172,6 @@ class CheckpointSession:
         keys = self._keys
         stop: Exception | None = None
         dropped: list[tuple[int, Any]] = []
-        # Most batches hold one strategy: its fingerprint is looked up once.
-        last_strategy: object = _NO_STRATEGY
-        strategy_print = ""
         for position, ((seq, item), entry) in enumerate(zip(batch, entries, strict=True)):
             item_id = item.item_id
             if item_id in seen or (entry is not None and entry.session == session):
@@ -183,10 +179,7 @@ class CheckpointSession:
                 dropped = list(batch[position:])
                 break
             seen.add(item_id)
-            strategy = item.strategy
-            if strategy is not last_strategy:
-                strategy_print = self.fingerprint_of(strategy)
-                last_strategy = strategy
+            strategy_print = self.fingerprint_of(item.strategy)
             digest = prompt_hash(item.prompt)
             replay = None
             if entry is None:
@@ -274,12 +267,16 @@ class CheckpointSession:
 
     def fingerprint_of(self, strategy: object) -> str:
         """The fingerprint of `strategy` (computed once per strategy object)."""
+        last = self._last_fingerprint
+        if last[0] is strategy:  # most runs have one strategy: no lookup per item
+            return last[1]
         known = self._fingerprints.get(id(strategy))
         if known is not None and known[0] is strategy:
+            self._last_fingerprint = known
             return known[1]
         description = describe_strategy(strategy)
         digest = fingerprint(description)
-        self._fingerprints[id(strategy)] = (strategy, digest)
+        self._fingerprints[id(strategy)] = self._last_fingerprint = (strategy, digest)
         if digest not in self._described:
             self._described[digest] = description
             self._new_described = True

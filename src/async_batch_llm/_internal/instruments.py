@@ -80,7 +80,7 @@ def load_prices_in_background() -> threading.Thread:
     The first price a run asks for (a timeline interval's cost, a call's cost metric) is
     asked on the event loop, and importing the price data takes about half a second: done
     there, it would stall every call in flight. Started when telemetry or a timeline is
-    set up, the import is over (or running beside the loop) by then.
+    set up (with its `FactsCache`), the import is over, or running beside the loop, by then.
     """
     global _price_loader
     with _price_loader_lock:
@@ -139,6 +139,8 @@ class FactsCache:
 
     def __init__(self) -> None:
         self._by_id: dict[int, StrategyFacts] = {}
+        # The facts price calls: have the price data ready before the first is asked.
+        load_prices_in_background()
 
     def __call__(self, strategy: object) -> StrategyFacts:
         facts = self._by_id.get(id(strategy))

@@ -24,7 +24,6 @@ from async_batch_llm._internal.instruments import (
     Attempt,
     FactsCache,
     StrategyFacts,
-    load_prices_in_background,
     read_scopes,
 )
 from async_batch_llm._internal.values import split_error
@@ -91,7 +90,6 @@ class OTelInstruments:
         )
         self._scopes = scopes
         self.facts = FactsCache()
-        load_prices_in_background()
         # Metric attribute sets, made once per strategy: building them per call cost more
         # than the no-op API's calls themselves.
         self._by_facts: dict[StrategyFacts, _Labels] = {}

@@ -702,7 +702,7 @@ class StreamRun:
         item = worker.item
         processor = self.processor
         if type(item) is ReplayJob:
-            self._count_replayed(result, item.item)
+            self._count_replayed([(item.seq, item.item, result)])
             seq = item.seq
         else:
             checkpoint = self.checkpoint
@@ -729,29 +729,13 @@ class StreamRun:
             if pending is not None:
                 self._put(*pending)
 
-    def _count_replayed(self, result: WorkItemResult[Any, Any], item: Any) -> None:
-        processor = self.processor
-        processor._count_result(result, item, spent=False)
-        instruments = processor._runner.instruments
-        if instruments is not None:
-            instruments.item_replayed(item, result)
-        if self.timeline is not None:
-            self.timeline.item_replayed()
-        dispatcher = processor._dispatcher
-        if dispatcher.observers:
-            dispatcher.publish(
-                ProcessingEvent.ITEM_REPLAYED,
-                {"item_id": item.item_id, "success": result.success},
-            )
-
-    def _publish_replays(self, replayed: list[_Replay]) -> None:
-        """`_count_replayed` and `_put` for a batch of replays (a resume is mostly these)."""
+    def _count_replayed(self, replayed: list[_Replay]) -> None:
+        """Count replayed results in the statistics, spans, timeline and events."""
         processor = self.processor
         count = processor._count_result
         instruments = processor._runner.instruments
         dispatcher = processor._dispatcher
-        put = self.output.put
-        for seq, item, result in replayed:
+        for _, item, result in replayed:
             count(result, item, False)
             if instruments is not None:
                 instruments.item_replayed(item, result)
@@ -760,9 +744,15 @@ class StreamRun:
                     ProcessingEvent.ITEM_REPLAYED,
                     {"item_id": item.item_id, "success": result.success},
                 )
-            put(seq, result)
         if self.timeline is not None:
             self.timeline.item_replayed(len(replayed))
+
+    def _publish_replays(self, replayed: list[_Replay]) -> None:
+        """Count and hand out a batch of replays at once (a resume is mostly these)."""
+        self._count_replayed(replayed)
+        put = self.output.put
+        for seq, _, result in replayed:
+            put(seq, result)
         self._outstanding -= len(replayed)
         self._wake_consumer()
 

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from async_batch_llm._internal.instruments import (
     FactsCache,
     StrategyFacts,
-    load_prices_in_background,
     read_scopes,
 )
 from async_batch_llm._internal.item_runner import DRAINED_CATEGORY
@@ -197,7 +196,6 @@ class TimelineRecorder:
             for snapshot in self._snapshots()
         }
         self._facts = FactsCache()
-        load_prices_in_background()
         #: Calls started so far (the runner adds to it); minus those ended: in flight.
         self.calls_started = 0
         self._calls_ended = 0

@@ -820,7 +820,7 @@ def _lookup_sql(count: int) -> str:
 def _to_entries(rows: list[_Row | None], path: Path) -> list[CheckpointEntry | None]:
     """Entries from rows in `_COLUMNS` order (`None` stays `None`)."""
     # One comprehension, no call per row: this is most of the Python time a lookup takes.
-    entry, states, decode = CheckpointEntry, _STATES, _decode_usage
+    entry, states = CheckpointEntry, _STATES
     try:
         return [
             None
@@ -834,7 +834,7 @@ def _to_entries(rows: list[_Row | None], path: Path) -> list[CheckpointEntry | N
                 row[5],
                 row[6],
                 row[7],
-                row[8] if type(row[8]) is dict else _usage_of(row[8], decode),
+                row[8] if type(row[8]) is dict else _usage_of(row[8]),
                 row[9],
                 row[10],
             )
@@ -845,11 +845,11 @@ def _to_entries(rows: list[_Row | None], path: Path) -> list[CheckpointEntry | N
         raise CheckpointError(msg) from exc
 
 
-def _usage_of(stored: Any, decode: Callable[[str], Any]) -> dict[str, int]:
+def _usage_of(stored: Any) -> dict[str, int]:
     """The usage column's text (or a packed lookup's non-object value) as a dict."""
     if stored == "{}":
         return {}
-    usage = decode(stored) if type(stored) is str else stored
+    usage = _decode_usage(stored) if type(stored) is str else stored
     if type(usage) is not dict:
         raise ValueError(f"usage is not a JSON object: {stored!r}")
     return usage
