@@ -41,6 +41,8 @@ class OpenAIChat(LLMCallStrategy[str]):
         self.api_key = api_key
         self.model = model
         self.estimate = estimate
+        #: When each call began (monotonic, system-wide): what the processes let go.
+        self.began: list[float] = []
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
@@ -57,6 +59,7 @@ class OpenAIChat(LLMCallStrategy[str]):
     async def execute(
         self, prompt: str, attempt: int, timeout: float, state: Any = None
     ) -> tuple[str, dict[str, int]]:
+        self.began.append(time.monotonic())
         reply = await self.client.chat.completions.create(
             model=self.model, messages=[{"role": "user", "content": prompt}]
         )
@@ -148,6 +151,7 @@ async def run(spec: dict[str, Any]) -> None:
             "still_degraded": None if budget is None else budget.degraded,
             "cpu": time.process_time() - cpu_before,
             "max_lag": max(lags, default=0.0),
+            "began": sorted(t for strategy in strategies for t in strategy.began),
             "lags_over_100ms": sum(1 for lag in lags if lag > 0.1),
             "snapshot": [
                 {"rpm": s.requests_per_minute, "source": s.request_limit_source}

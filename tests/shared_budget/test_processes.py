@@ -70,8 +70,12 @@ def assert_exactly_once(
 
 
 def sent_at(record: Any) -> float:
-    """When a request reached the simulator (a 200 is answered after the latency)."""
-    return float(record.time - (LATENCY if record.status == 200 else 0.0))
+    """When a request reached the simulator's buckets: what the provider's limit counts.
+
+    Not the time it was answered less the latency: on a loaded machine the first answers
+    come late, and that estimate crowds the first second with calls sent before it.
+    """
+    return float(record.received)
 
 
 def rejected_fraction(simulator: SimulatorThread) -> float:
@@ -129,9 +133,9 @@ def test_a_429_with_a_hint_pauses_its_scope_in_every_process_only(
     # booked up to max_booking_ahead (0.1 s) ahead, and those admitted while the process
     # that got the 429 was telling Redis (its event loop lags on this loaded machine).
     slack = 0.5
-    quiet = (forced.time + slack, forced.time + hint)
+    quiet = (forced.received + slack, forced.received + hint)
     during = [r for r in records if quiet[0] <= sent_at(r) < quiet[1]]
-    late = [round(sent_at(r) - forced.time, 3) for r in during if r.api_key == paused_key]
+    late = [round(sent_at(r) - forced.received, 3) for r in during if r.api_key == paused_key]
     assert not late, f"sent on the paused scope at these seconds after its 429: {late}"
     assert sum(1 for r in during if r.api_key == other_key) >= 0.5 * RATE * (hint - slack)
 
@@ -167,11 +171,15 @@ def test_redis_lost_and_back_loses_nothing_and_never_overruns(
         assert events[1::2] == ["shared_budget_restored"] * len(events[1::2]), events
     details = [(o.summary or {}).get("event_times") for o in outcomes], outage
     assert sum("shared_budget_restored" in e for e in seen) >= PROCESSES - 1, (seen, details)
-    records = simulator.records()
-    sent = [sent_at(r) for r in records]
-    # Sent requests (rejected ones included), over two-second windows every half second.
-    worst = max(rates(sent, min(sent), max(sent), 2.0, 0.5))
+    # The calls the processes let go (rejected ones included), over two-second windows
+    # every half second: the shared budget's promise, before, during and after the outage.
+    # (The simulator's arrival times would crowd the first second on a loaded machine: the
+    # first calls wait for their connections, and the simulator shares the test's GIL.)
+    began = sorted(t for o in outcomes if o.summary for t in o.summary["began"])
+    worst = max(rates(began, began[0], began[-1], 2.0, 0.5))
     assert worst <= 1.1 * RATE, worst
+    # And the provider never had to reject one.
+    assert rejected_fraction(simulator) == 0.0
 
 
 def test_a_killed_process_does_not_stop_the_others(

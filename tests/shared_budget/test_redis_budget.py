@@ -271,3 +271,53 @@ class TestStoreUnavailable:
         ticket = await asyncio.wait_for(waiting, 10)
         assert ticket.shared_at is not None
         await close(controller)
+
+    async def test_local_pacing_begins_after_the_slots_booked_ahead(
+        self, redis_server: RedisServer
+    ) -> None:
+        # At 9.7 calls/s, eight waiting calls book slots up to about 0.7 s ahead in one call.
+        budget = RedisBudget(redis_server.url, namespace="unit", max_booking_ahead=2.0)
+        controller = RateController(RateSettings(rpm=10 * 60), budget=budget)
+        assert controller.shared is not None
+        # All eight queue behind the scope's lock first, so that one call books for all.
+        lock = controller.shared._lock(SCOPE)
+        await lock.acquire()
+        waiting = [asyncio.create_task(controller.admit(SCOPE)) for _ in range(8)]
+        await asyncio.sleep(0)
+        lock.release()
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        booked_until = controller.shared._known[SCOPE].booked_until
+        assert booked_until > time.monotonic() + 0.3
+        redis_server.stop()
+        # Redis is gone: this call is paced locally, after the calls booked before (they
+        # still go), not together with them.
+        await controller.admit(SCOPE)
+        assert time.monotonic() >= booked_until
+        await asyncio.gather(*waiting)
+        await close(controller)
+
+    async def test_a_store_back_empty_waits_until_every_process_tried_it_again(
+        self, redis_server: RedisServer
+    ) -> None:
+        retry = 0.3
+        first, second = (
+            RateController(
+                RateSettings(rpm=1000 * 60),
+                budget=RedisBudget(redis_server.url, namespace="unit", retry_interval=retry),
+            )
+            for _ in range(2)
+        )
+        # In this order, the first sees both in the scope's set of processes.
+        await admit_many(second, 1)
+        await admit_many(first, 1)
+        redis_server.stop()
+        await asyncio.gather(admit_many(first, 1), admit_many(second, 1))  # both local now
+        redis_server.start()  # empty
+        await asyncio.sleep(retry)  # until the first may try Redis again
+        began = time.monotonic()
+        ticket = await first.admit(SCOPE)
+        # The other process paces alone until its own next try, up to `retry` from now:
+        # the budget Redis hands out waits that long instead of adding to it.
+        assert ticket.shared_at is not None
+        assert time.monotonic() - began >= retry
+        await close(first, second)

@@ -19,7 +19,7 @@ from async_batch_llm.testing.simulator import (
     RawReply,
     SimulatorConfig,
 )
-from conftest import AIOHTTP_SUBCLASS_WARNING, StartSimulator
+from conftest import AIOHTTP_SUBCLASS_WARNING, ManualClock, StartSimulator
 
 OpenAIFactory = Callable[..., openai.AsyncOpenAI]
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
@@ -289,6 +289,23 @@ class TestStatsAndLifecycle:
         assert sim.stats.requests_total == 0
         assert not sim.stats.recent
         assert await statuses_of(openai_client(sim, api_key="k1"), 1) == [200]
+
+    async def test_a_record_says_when_the_request_came_in_not_only_when_it_finished(
+        self, start_simulator: StartSimulator, openai_client: OpenAIFactory, clock: ManualClock
+    ) -> None:
+        """``received`` is when the buckets judged the request; ``time`` is when it was
+        answered, after the latency and whatever else delayed the answer."""
+
+        def slow_answer() -> float:
+            clock.advance(5.0)  # the answer is late: the machine is busy
+            return 0.0
+
+        sim = await start_simulator(latency=slow_answer)
+        judged_at = clock()
+        assert await statuses_of(openai_client(sim), 1) == [200]
+        (record,) = sim.stats.recent
+        assert record.received == judged_at
+        assert record.time == judged_at + 5.0
 
     async def test_latency_is_drawn_for_successes_only(
         self, start_simulator: StartSimulator, openai_client: OpenAIFactory

@@ -537,10 +537,15 @@ class ScopeController:
         self.tokens.mirror(pace, source, now, self.settings)
 
     def go_local(
-        self, request_pace: float | None, token_pace: float | None, share_of: int, now: float
+        self,
+        request_pace: float | None,
+        token_pace: float | None,
+        share_of: int,
+        now: float,
+        start: float | None = None,
     ) -> None:
         """Pace locally (the shared budget is unavailable) at these paces, never faster, as
-        one of `share_of` processes."""
+        one of `share_of` processes, from `start` on (default `now`)."""
         self.share_of = share_of
         self.requests.mirror(
             request_pace, None if request_pace is None else "learned", now, self.settings
@@ -550,9 +555,11 @@ class ScopeController:
         )
         self.ceiling = request_pace
         self._void_bookings()
-        # Calls admitted through the shared budget may still be on their way: start gently.
-        self.requests.pacer.restart(now)
-        self.tokens.pacer.restart(now)
+        # Calls admitted through the shared budget may still be on their way: no burst, the
+        # first local call one interval after `start`, as if the shared slots went on.
+        begin = now if start is None else max(now, start)
+        self.requests.pacer.restart(begin, available=0.0)
+        self.tokens.pacer.restart(begin, available=0.0)
 
     def check_open(self) -> None:
         """Raise `QuotaExhaustedError` if the scope's quota has run out."""

@@ -73,6 +73,8 @@ class _Known:
     waiting: int = 0
     #: Slots booked for this process's waiting calls and not taken yet.
     slots: deque[_Slot] = field(default_factory=deque)
+    #: When the last slot booked for this process may be used (local clock).
+    booked_until: float = -1e18
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ class SharedRates:
                     known.slots.append(
                         _Slot(local_now + seconds, redis_now + seconds, episode, tokens)
                     )
+                    known.booked_until = max(known.booked_until, local_now + seconds)
                 slot = self._take_slot(known)
         finally:
             lock.release()
@@ -257,11 +260,11 @@ class SharedRates:
         ]
 
     def _hold(self, known: _Known) -> float:
-        """If the store turns out empty, how long the others may still pace alone (the
-        time they take to notice it is back), scaled to their share."""
+        """If the store turns out empty, how long the others may still pace alone: until
+        each has tried Redis again (they try every `retry_interval`)."""
         if known.processes <= 1 or known.request_pace is None:
             return 0.0
-        return self.budget.retry_interval * (known.processes - 1) / known.processes
+        return self.budget.retry_interval
 
     def _lock(self, scope: RateScope) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -301,7 +304,9 @@ class SharedRates:
         now = self._clock()
         request_pace = None if known.request_pace is None else known.request_pace / share
         token_pace = None if known.token_pace is None else known.token_pace / share
-        state.go_local(request_pace, token_pace, share, now)
+        # Slots booked ahead in the shared budget may still be used: local pacing begins
+        # after the last of them, or the two would go together.
+        state.go_local(request_pace, token_pace, share, max(now, known.booked_until))
         logger.info(
             "%s paced locally to 1/%d of the shared limit while the store is unavailable",
             state.scope,

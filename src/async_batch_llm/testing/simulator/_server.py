@@ -10,7 +10,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 try:
     from aiohttp import web
@@ -66,6 +66,13 @@ _CACHE_MISSING = "CachedContent not found (or permission denied)"
 _SHUTDOWN_TIMEOUT = 0.5
 # Batch inputs go up to 256 MB (Anthropic's create request) and 2 GB (a Gemini input file).
 _MAX_BODY = 2_100_000_000
+# Where a request keeps when the simulator took it in (`RequestRecord.received`). aiohttp
+# 3.13 added typed request keys and warns about plain strings; older versions have none.
+_RECEIVED: Any = (
+    web.RequestKey("async_batch_llm.received", float)
+    if hasattr(web, "RequestKey")
+    else "async_batch_llm.received"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +430,7 @@ class ProviderSimulator:
 
     async def _generate(self, request: web.Request, wire: Wire, *, model: str) -> web.Response:
         config = self._config
+        request[_RECEIVED] = config.clock()
         body = await json_body(request)
         if body is None:
             error = wire.status_body(400, "Invalid JSON payload received.")
@@ -450,7 +458,7 @@ class ProviderSimulator:
             cached_tokens = found
             call = replace(call, prompt_tokens=call.prompt_tokens + found)
 
-        now = config.clock()
+        now = request[_RECEIVED] = config.clock()
         limits = self._limits(call, now)
         quota = config.daily_request_quota
         if quota is not None and limits.served >= quota:
@@ -665,15 +673,17 @@ class ProviderSimulator:
     def _record(
         self, request: web.Request, provider: Provider, model: str | None, status: int
     ) -> None:
+        finished = self._config.clock()
         self.stats.record(
             RequestRecord(
-                time=self._config.clock(),
+                time=finished,
                 provider=provider,
                 method=request.method,
                 path=request.path,
                 api_key=api_key(request),
                 model=model,
                 status=status,
+                received=request.get(_RECEIVED, finished),
             )
         )
 
