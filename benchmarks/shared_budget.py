@@ -36,7 +36,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "shared_budget"), str(ROOT / "tests"), str(ROOT / "src")]
 
-from budget_support import MODEL, Fleet, SimulatorThread, poll, rates, run_fleet  # noqa: E402
+from budget_support import (  # noqa: E402
+    MODEL,
+    Fleet,
+    SimulatorThread,
+    call_starts,
+    poll,
+    rates,
+    run_fleet,
+)
 
 from redis_support import RedisServer  # noqa: E402
 
@@ -263,8 +271,7 @@ def scenarios(server: RedisServer) -> None:
             simulator, _specs(simulator, server.url, quarter, {"rpm": RATE * 60}), lose_redis
         )
         done = sum(1 for o in outcomes for r in o.results if r["ok"])
-        # When each call began in its process: what the processes let go.
-        began = sorted(t for o in outcomes if o.summary for t in o.summary["began"])
+        began = call_starts(outcomes)
         worst = max(rates(began, began[0], began[-1], 2.0, 0.5))
         rejected = sum(1 for r in simulator.records() if r.status == 429)
         events = {tuple(o.summary["events"]) for o in outcomes if o.summary}

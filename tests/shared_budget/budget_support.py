@@ -224,6 +224,12 @@ def rates(
     return found
 
 
+def call_starts(outcomes: list[Outcome]) -> list[float]:
+    """When each call of every process began (the system-wide monotonic clock), in order:
+    what the processes let go, rejected calls included."""
+    return sorted(t for o in outcomes if o.summary for t in o.summary["began"])
+
+
 def poll(condition: Any, what: str, timeout: float = 60.0) -> None:
     """Wait until `condition()` is true (checked every 10 ms)."""
     deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ several processes (each has its own connection, state and lock, as a process wou
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import time
 from typing import Any
@@ -273,7 +274,7 @@ class TestStoreUnavailable:
         await close(controller)
 
     async def test_local_pacing_begins_after_the_slots_booked_ahead(
-        self, redis_server: RedisServer
+        self, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
     ) -> None:
         # At 9.7 calls/s, eight waiting calls book slots up to about 0.7 s ahead in one call.
         budget = RedisBudget(redis_server.url, namespace="unit", max_booking_ahead=2.0)
@@ -289,11 +290,16 @@ class TestStoreUnavailable:
         booked_until = controller.shared._known[SCOPE].booked_until
         assert booked_until > time.monotonic() + 0.3
         redis_server.stop()
+        caplog.set_level(logging.INFO, logger="async_batch_llm._internal.rate_control.shared")
         # Redis is gone: this call is paced locally, after the calls booked before (they
         # still go), not together with them.
         await controller.admit(SCOPE)
         assert time.monotonic() >= booked_until
         await asyncio.gather(*waiting)
+        # Those calls were booked before Redis went away: their going does not make the
+        # process think it is back (and go local again after each).
+        assert controller.shared.is_local(SCOPE)
+        assert sum("paced locally" in r.getMessage() for r in caplog.records) == 1
         await close(controller)
 
     async def test_a_store_back_empty_waits_until_every_process_tried_it_again(

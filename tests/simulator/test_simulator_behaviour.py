@@ -293,19 +293,19 @@ class TestStatsAndLifecycle:
     async def test_a_record_says_when_the_request_came_in_not_only_when_it_finished(
         self, start_simulator: StartSimulator, openai_client: OpenAIFactory, clock: ManualClock
     ) -> None:
-        """``received`` is when the buckets judged the request; ``time`` is when it was
-        answered, after the latency and whatever else delayed the answer."""
+        """``received`` is when the request came in; ``time`` is when it was answered,
+        after the latency and whatever else delayed the answer."""
 
         def slow_answer() -> float:
             clock.advance(5.0)  # the answer is late: the machine is busy
             return 0.0
 
         sim = await start_simulator(latency=slow_answer)
-        judged_at = clock()
+        came_in = clock()
         assert await statuses_of(openai_client(sim), 1) == [200]
         (record,) = sim.stats.recent
-        assert record.received == judged_at
-        assert record.time == judged_at + 5.0
+        assert record.received == came_in
+        assert record.time == came_in + 5.0
 
     async def test_latency_is_drawn_for_successes_only(
         self, start_simulator: StartSimulator, openai_client: OpenAIFactory

@@ -542,10 +542,12 @@ class ScopeController:
         token_pace: float | None,
         share_of: int,
         now: float,
-        start: float | None = None,
+        *,
+        after: float,
     ) -> None:
         """Pace locally (the shared budget is unavailable) at these paces, never faster, as
-        one of `share_of` processes, from `start` on (default `now`)."""
+        one of `share_of` processes, the first local call one interval after `after` (the
+        last call booked through the shared budget) or `now`, whichever is later."""
         self.share_of = share_of
         self.requests.mirror(
             request_pace, None if request_pace is None else "learned", now, self.settings
@@ -555,9 +557,9 @@ class ScopeController:
         )
         self.ceiling = request_pace
         self._void_bookings()
-        # Calls admitted through the shared budget may still be on their way: no burst, the
-        # first local call one interval after `start`, as if the shared slots went on.
-        begin = now if start is None else max(now, start)
+        # Calls admitted through the shared budget may still be on their way: no burst, as
+        # if the shared slots went on.
+        begin = max(now, after)
         self.requests.pacer.restart(begin, available=0.0)
         self.tokens.pacer.restart(begin, available=0.0)
 

@@ -75,16 +75,20 @@ class _Known:
     slots: deque[_Slot] = field(default_factory=deque)
     #: When the last slot booked for this process may be used (local clock).
     booked_until: float = -1e18
+    #: When this process last began pacing the scope alone (local clock).
+    local_since: float = -1e18
 
 
 @dataclass(frozen=True, slots=True)
 class _Slot:
-    """A booked slot: when it may be used (local clock and Redis's), for how many tokens."""
+    """A booked slot: when it may be used (local clock and Redis's), for how many tokens,
+    and when Redis granted it (local clock)."""
 
     ready_at: float
     redis_at: float
     episode: int
     tokens: int
+    booked_at: float
 
 
 @dataclass(slots=True)
@@ -152,10 +156,11 @@ class SharedRates:
                 self._go_local(state, known)
                 return await controller.admit_locally(state, tokens)
             try:
-                redis_at, episode = await self._book(state, known, tokens)
+                slot = await self._book(state, known, tokens)
             except StoreUnavailable:
                 continue  # degraded now: the policy decides on the next round
-            if known.local:
+            # A slot booked before the store was lost says nothing about it being back.
+            if known.local and slot.booked_at >= known.local_since:
                 # Back on the shared budget: calls still waiting for a local slot come here.
                 known.local = False
                 state.share_of = 1
@@ -163,12 +168,12 @@ class SharedRates:
             now = self._clock()
             state.note_admitted(tokens, now)
             ticket = Ticket(controller, state, tokens, now)
-            ticket.shared_at = redis_at
-            ticket.shared_episode = episode
+            ticket.shared_at = slot.redis_at
+            ticket.shared_episode = slot.episode
             return ticket
 
-    async def _book(self, state: ScopeController, known: _Known, tokens: int) -> tuple[float, int]:
-        """Book a slot and wait for it: (its Redis time, the episode at booking).
+    async def _book(self, state: ScopeController, known: _Known, tokens: int) -> _Slot:
+        """Book a slot and wait for it.
 
         One call to Redis books a slot for every call of the process waiting in the scope
         (within the horizon); the slots it got for others wait in `known.slots`.
@@ -211,9 +216,12 @@ class SharedRates:
                 for text in reply[10]:
                     seconds = float(_text(text))
                     known.slots.append(
-                        _Slot(local_now + seconds, redis_now + seconds, episode, tokens)
+                        _Slot(local_now + seconds, redis_now + seconds, episode, tokens, local_now)
                     )
-                    known.booked_until = max(known.booked_until, local_now + seconds)
+                if known.slots:
+                    # A reply's slots come in order; a pace changed since may put a later
+                    # reply's before an earlier one's.
+                    known.booked_until = max(known.booked_until, known.slots[-1].ready_at)
                 slot = self._take_slot(known)
         finally:
             lock.release()
@@ -224,7 +232,7 @@ class SharedRates:
             await self._sleep(wait)
         if slot.tokens != tokens:
             self._tally(scope).extra_tokens += tokens - slot.tokens
-        return slot.redis_at, slot.episode
+        return slot
 
     def _take_slot(self, known: _Known) -> _Slot | None:
         """The next slot booked earlier, unless it is stale (a pause or change since)."""
@@ -301,12 +309,12 @@ class SharedRates:
             return
         known.local = True
         share = max(known.processes, self.budget.expected_processes or 1, 1)
-        now = self._clock()
+        now = known.local_since = self._clock()
         request_pace = None if known.request_pace is None else known.request_pace / share
         token_pace = None if known.token_pace is None else known.token_pace / share
         # Slots booked ahead in the shared budget may still be used: local pacing begins
         # after the last of them, or the two would go together.
-        state.go_local(request_pace, token_pace, share, max(now, known.booked_until))
+        state.go_local(request_pace, token_pace, share, now, after=known.booked_until)
         logger.info(
             "%s paced locally to 1/%d of the shared limit while the store is unavailable",
             state.scope,

@@ -458,7 +458,7 @@ class ProviderSimulator:
             cached_tokens = found
             call = replace(call, prompt_tokens=call.prompt_tokens + found)
 
-        now = request[_RECEIVED] = config.clock()
+        now = config.clock()
         limits = self._limits(call, now)
         quota = config.daily_request_quota
         if quota is not None and limits.served >= quota:

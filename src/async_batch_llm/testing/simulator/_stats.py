@@ -15,9 +15,9 @@ class RequestRecord:
     """One finished request: where it went, who sent it and how it was answered.
 
     ``status`` is 499 when the client went away before the reply was sent. ``time`` is the
-    simulator's (monotonic) clock when it finished; ``received`` when the simulator took
-    the request in (for a generation, when its buckets judged it): what a provider's rate
-    limit counts. The time to answer varies with the machine's load, so ``time`` less the
+    simulator's (monotonic) clock when it finished; ``received`` when a generation request
+    came in (other requests: when they finished), which is what a provider's rate limit
+    counts. The time to answer varies with the machine's load, so ``time`` less the
     configured latency is not when the request was sent.
     """
 
