@@ -64,21 +64,32 @@ class Terminal:
         return _ANSI.sub("", self.raw.decode("utf-8", errors="replace"))
 
     def screen(self) -> str:
-        """The last frame received whole: from the state file's name to the footer (a read
-        can end in the middle of a frame)."""
+        """The last frame received whole: from the state file's name to the footer, or ""
+        before the first whole frame (a read can end in the middle of a frame, and a
+        condition met by half a frame says nothing about the rest of it)."""
         text = self.text()
         end = text.rfind(FOOTER)
         if end < 0:
-            return text
+            return ""
         start = text.rfind("abl-state  run ", 0, end)
         return text[start if start >= 0 else 0 : end + len(FOOTER)]
 
-    def read_until(self, condition: Callable[[str], bool], what: str, timeout: float = 60.0) -> str:
+    def read_until(
+        self,
+        condition: Callable[[str], bool],
+        what: str,
+        timeout: float = 60.0,
+        *,
+        whole_frames: bool = True,
+    ) -> str:
+        """Read until `condition` holds for the last whole frame (or, with
+        ``whole_frames=False``, for everything drawn so far: for views without the footer)."""
         deadline = time.monotonic() + timeout
-        while not condition(self.screen()):
+        seen = self.screen if whole_frames else self.text
+        while not condition(seen()):
             left = deadline - time.monotonic()
             if left <= 0:
-                pytest.fail(f"timed out waiting for {what}; screen:\n{self.screen()[-3000:]}")
+                pytest.fail(f"timed out waiting for {what}; screen:\n{self.text()[-3000:]}")
             ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
             if ready:
                 try:
@@ -86,7 +97,7 @@ class Terminal:
                 except OSError:  # the process closed the terminal
                     if self.process.poll() is not None:
                         pytest.fail(f"the view exited ({self.process.returncode}):\n{self.text()}")
-        return self.screen()
+        return seen()
 
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
@@ -145,7 +156,11 @@ def test_watch_waits_for_a_state_file_that_does_not_exist_yet(cli: Cli) -> None:
     # Brackets in the name are text, not rich markup (a "[/]" made the view crash).
     view = Terminal(cli, "status", "later[/].abl-state", "--watch", "--interval", "0.1")
     try:
-        view.read_until(lambda s: "Waiting for later[/].abl-state" in s, "the waiting message")
+        view.read_until(
+            lambda s: "Waiting for later[/].abl-state" in s,
+            "the waiting message",
+            whole_frames=False,
+        )
         view.send(b"\x03")
         assert view.process.wait(30) == 0
     finally:
