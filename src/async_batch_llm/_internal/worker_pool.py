@@ -85,6 +85,11 @@ class WorkerPool:
         self.abandoned: set[asyncio.Task[None]] = set()
         # Resolved when the set of live workers changes while the pool waits for the queue.
         self._changed: asyncio.Future[None] | None = None
+        # Live workers not finished yet, and the first that died of an exception: kept by
+        # each task's done callback, so waiting for the workers costs nothing per worker
+        # (re-waiting on every live task each time one ends is quadratic in the workers).
+        self._unfinished = 0
+        self._died: asyncio.Task[None] | None = None
         # A KeyboardInterrupt or SystemExit a worker caught, to raise from ``run``.
         self._fatal: BaseException | None = None
         self._on_change = on_change
@@ -166,11 +171,15 @@ class WorkerPool:
         task = asyncio.ensure_future(self._work(worker_id, handover))
         task.set_name(f"async-batch-llm-worker-{worker_id}")
         self.live[task] = None
+        self._unfinished += 1
         self.started.append(task)
-        if self._on_change is not None:
-            task.add_done_callback(self._task_done)
+        task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task in self.live:  # not abandoned
+            self._unfinished -= 1
+            if self._died is None and not task.cancelled() and task.exception() is not None:
+                self._died = task
         self._wake()
 
     @property
@@ -259,7 +268,9 @@ class WorkerPool:
         if worker.abandoned or task is None or task.done():
             return
         worker.abandoned = True
-        self.live.pop(task, None)
+        if task in self.live:
+            del self.live[task]
+            self._unfinished -= 1
         self.abandoned.add(task)
         step = worker.deadline.step or "execute()"
         logger.error(
@@ -284,16 +295,14 @@ class WorkerPool:
         """Wait until every live worker has stopped; re-raise what killed one."""
         loop = asyncio.get_running_loop()
         while True:
-            live = [task for task in self.live if not task.done()]
             if self._fatal is not None:
                 raise self._fatal
-            for task in self.live:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    task.result()  # re-raise what killed it
-            if not live:
+            if self._died is not None:
+                self._died.result()  # re-raise what killed it
+            if not self._unfinished:
                 return
             changed = self._changed = loop.create_future()
-            await asyncio.wait([changed, *live], return_when=asyncio.FIRST_COMPLETED)
+            await changed
 
     async def _cancel_abandoned(self) -> None:
         stuck = [task for task in self.abandoned if not task.done()]
