@@ -20,6 +20,7 @@ with. Pass ``sdk_retries=True`` to leave the client's own retry configuration in
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import numbers
@@ -189,8 +190,8 @@ def gemini_client(
 
     Close it with ``await client.aio.aclose()`` (an ``http_client`` you pass stays yours to
     close). The HTTP client it creates ignores proxy environment variables (``HTTPS_PROXY``
-    and the like); behind a proxy, pass ``http_client=httpx2.AsyncClient()``, which reads
-    them.
+    and the like); behind a proxy, pass ``http_client=httpx2.AsyncClient()`` (``httpx`` with
+    google-genai 2), which reads them.
 
     Args:
         api_key: The Gemini API key; ``None`` lets google-genai read ``GOOGLE_API_KEY`` or
@@ -214,11 +215,19 @@ def gemini_client(
     else:
         # google-genai picks aiohttp whenever it is importable, unless it is handed an httpx
         # client or transport; a transport keeps the client (and closing it) the SDK's own.
-        import httpx2
-
-        options["async_client_args"] = {"transport": httpx2.AsyncHTTPTransport()}
+        options["async_client_args"] = {"transport": _genai_httpx(module).AsyncHTTPTransport()}
     client: Client = module.Client(api_key=api_key, http_options=types.HttpOptions(**options))
     return client
+
+
+def _genai_httpx(module: ModuleType) -> ModuleType:
+    """The httpx package the google-genai `module` sends requests with: ``httpx2`` from
+    google-genai 3 on, ``httpx`` before (a transport or client of the other one fails deep
+    inside the SDK). google-genai 2 is what pydantic-ai may install without the
+    ``gemini`` extra."""
+    version = str(getattr(module, "__version__", "3"))
+    major = version.split(".", 1)[0]
+    return importlib.import_module("httpx" if major.isdigit() and int(major) < 3 else "httpx2")
 
 
 def _single_attempt_http_options() -> dict[str, Any]:

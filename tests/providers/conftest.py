@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import pytest
 from google import genai
 from google.genai import types as genai_types
@@ -22,7 +21,7 @@ from pydantic_ai.providers.anthropic import AnthropicProvider
 from pydantic_ai.providers.google import GoogleProvider
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from async_batch_llm.models import gemini_client
+from async_batch_llm.models import _genai_httpx, gemini_client
 from async_batch_llm.testing.simulator import ProviderSimulator, SimulatorConfig
 
 from .http_support import (
@@ -77,7 +76,7 @@ async def gemini_sdk_client() -> AsyncIterator[GeminiClientFactory]:
         if client_retries is None:
             client = gemini_client("gm-test", base_url=sim.gemini_base_url)
         else:
-            http_client = httpx2.AsyncClient()
+            http_client = _genai_httpx(genai).AsyncClient()
             http_clients.append(http_client)
             options = {**FAST_GENAI_RETRIES, "attempts": client_retries}
             retry = genai_types.HttpRetryOptions(**options)

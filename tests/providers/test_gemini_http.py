@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx2
 import pytest
+from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
@@ -28,7 +28,7 @@ from async_batch_llm import (
     RetryConfig,
     models,
 )
-from async_batch_llm.models import gemini_client
+from async_batch_llm.models import _genai_httpx, gemini_client
 from async_batch_llm.testing.simulator import ProviderRequest, ProviderSimulator, RawReply
 
 from .http_support import (
@@ -146,13 +146,15 @@ class TestGeminiClientHelper:
     async def test_uses_and_leaves_open_a_given_http_client(
         self, provider_sim: ProviderSimulator
     ) -> None:
-        """Requests go through the caller's httpx2 client, which closing the SDK leaves open."""
+        """Requests go through the caller's httpx client, which closing the SDK leaves open."""
         sent: list[str] = []
 
         async def record(request: Any) -> None:
             sent.append(request.url.path)
 
-        async with httpx2.AsyncClient(event_hooks={"request": [record]}) as http_client:
+        async with _genai_httpx(genai).AsyncClient(
+            event_hooks={"request": [record]}
+        ) as http_client:
             client = gemini_client(
                 "gm-test", base_url=provider_sim.gemini_base_url, http_client=http_client
             )

@@ -1,7 +1,8 @@
 """GeminiModel and GeminiCachedModel against fakes of google-genai's ``client.aio`` surface.
 
 A few tests use a real ``google.genai.Client`` over an in-process ``httpx2.MockTransport``
-to check what the SDK actually sends (request bodies, number of attempts).
+(``httpx`` with google-genai 2) to check what the SDK actually sends (request bodies, number
+of attempts).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from async_batch_llm.models import (
 )
 
 genai = pytest.importorskip("google.genai")
-httpx2 = pytest.importorskip("httpx2")
+# The httpx package the installed google-genai sends with (httpx2 from google-genai 3).
+httpx2 = models._genai_httpx(genai)
 from google.genai import errors as genai_errors  # noqa: E402
 from google.genai import types as genai_types  # noqa: E402
 
@@ -486,6 +488,36 @@ class TestGeminiModelGenerate:
         with pytest.raises(genai_errors.ClientError) as caught:
             await model.generate("hi")
         assert caught.value is error
+
+
+class TestHttpxOfTheSDK:
+    """`gemini_client` hands google-genai a transport of the httpx package it sends with:
+    pydantic-ai may install google-genai 2 (on ``httpx``) where the ``gemini`` extra asks
+    for 3 (on ``httpx2``); the other package's transport fails deep inside the SDK."""
+
+    @pytest.mark.parametrize(
+        ("version", "package"),
+        [("2.34.0", "httpx"), ("1.9", "httpx"), ("3.0.0", "httpx2"), ("3.6.1", "httpx2")],
+    )
+    def test_package_follows_the_major_version(
+        self, monkeypatch: pytest.MonkeyPatch, version: str, package: str
+    ) -> None:
+        asked: list[str] = []
+        monkeypatch.setattr(models.importlib, "import_module", lambda name: asked.append(name))
+        models._genai_httpx(SimpleNamespace(__version__=version))  # type: ignore[arg-type]
+        assert asked == [package]
+
+    async def test_installed_sdk_sends_through_the_client_it_gets(self) -> None:
+        # A request that reaches the transport proves the SDK took it (a transport of the
+        # other package fails an isinstance assertion first); nothing listens on port 9.
+        client = models.gemini_client("gm-test", base_url="http://127.0.0.1:9")
+        try:
+            with pytest.raises(Exception) as caught:
+                await client.aio.models.generate_content(model=MODEL, contents="hi")
+            assert not isinstance(caught.value, AssertionError)
+            assert "connect" in f"{type(caught.value).__name__} {caught.value}".lower()
+        finally:
+            await client.aio.aclose()
 
 
 class TestGeminiModelOverTheSDK:

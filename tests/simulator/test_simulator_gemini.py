@@ -63,7 +63,9 @@ async def test_text_reply_with_usage_safety_and_model_version(
     assert usage.total_token_count == 10
     assert usage.cached_content_token_count is None
     assert response.model_version == "gemini-2.0-flash"
-    assert sim.stats.recent[-1].path == "/v1/models/gemini-2.0-flash:generateContent"
+    # google-genai 3 calls the v1 API by default, google-genai 2 v1beta.
+    path = sim.stats.recent[-1].path
+    assert path in {f"/{api}/models/gemini-2.0-flash:generateContent" for api in ("v1", "v1beta")}
 
 
 async def test_success_sends_no_rate_limit_headers(

@@ -139,17 +139,24 @@ async def test_rate_limit_surfaces_as_model_rate_limit_error(
     with pytest.raises(ModelRateLimitError) as caught:
         await agent.run("second")
     assert caught.value.status_code == 429  # type: ignore[attr-defined]
-    assert caught.value.retry_after == retry_after
+    # Newer pydantic-ai releases also read Gemini's RetryInfo delay (25 s here).
+    readable = {retry_after, 25.0} if provider == "gemini" else {retry_after}
+    assert caught.value.retry_after in readable
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
 async def test_quota_exhaustion_reaches_pydantic_ai(
     start_simulator: StartSimulator, model_for: ModelFactory, provider: Provider
 ) -> None:
-    """Hard quota exhaustion: OpenAI's is a quota error to pydantic-ai, the others 429s."""
+    """Hard quota exhaustion: a quota error to pydantic-ai for OpenAI, a 429 for Anthropic,
+    either for Gemini (newer pydantic-ai releases read its QuotaFailure)."""
     sim = await start_simulator(daily_request_quota=1)
     agent = Agent(model_for(sim, provider))
     await agent.run("first")
-    expected = ModelQuotaExceededError if provider == "openai" else ModelRateLimitError
+    expected: tuple[type[Exception], ...] = (ModelRateLimitError,)
+    if provider == "openai":
+        expected = (ModelQuotaExceededError,)
+    elif provider == "gemini":  # newer pydantic-ai releases read Gemini's QuotaFailure
+        expected = (ModelRateLimitError, ModelQuotaExceededError)
     with pytest.raises(expected):
         await agent.run("second")
