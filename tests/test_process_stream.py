@@ -125,6 +125,20 @@ async def test_a_sync_function_is_refused(bad: Any) -> None:
             pass
 
 
+@pytest.mark.parametrize("single", ["hello", b"hello"])
+async def test_a_single_string_is_refused_before_any_call(single: Any) -> None:
+    calls: list[str] = []
+
+    async def record(prompt: str) -> str:
+        calls.append(prompt)
+        return prompt
+
+    with pytest.raises(TypeError, match=r"got a single (str|bytes): pass \[prompt\]"):
+        async for _ in process_stream(record, single):
+            pass
+    assert calls == []  # not one call per character
+
+
 @pytest.mark.parametrize(
     ("prompt", "shape"), [(3, "int"), (("a",), "tuple of 1"), (("a", 2), "tuple of 2")]
 )

@@ -135,10 +135,18 @@ async def process_stream(
         A `WorkItemResult` per prompt (its ``item_id`` as a string).
 
     Raises:
-        TypeError: A prompt has none of the accepted shapes, or the function is not async.
+        TypeError: `prompts` is a single string, a prompt has none of the accepted shapes,
+            or the function is not async.
         DuplicateItemError: With a checkpoint, an id appears twice.
         CheckpointError: The checkpoint store failed or holds another run's results.
     """
+    if isinstance(prompts, str | bytes):
+        # A string is an iterable of characters: one paid call per character.
+        msg = (
+            f"prompts must be an iterable of prompts, got a single {type(prompts).__name__}: "
+            "pass [prompt] to run one"
+        )
+        raise TypeError(msg)
     strategy = _as_strategy(strategy_or_async_fn)
     processor: ParallelBatchProcessor[str, Any, Any]
     async with ParallelBatchProcessor(

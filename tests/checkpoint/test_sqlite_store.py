@@ -292,6 +292,19 @@ class TestLock:
         await store.close()
         assert not exists(db_path)
 
+    async def test_lock_file_that_cannot_be_created_is_not_reported_as_held(
+        self, db_path: Path
+    ) -> None:
+        # Creating it fails with ENOENT (as under /proc), which filelock reports as held.
+        os.symlink(db_path.parent / "missing" / "lock", f"{db_path}.lock")
+        store = SQLiteCheckpointStore(db_path)
+        with pytest.raises(CheckpointError, match="Cannot take the lock file") as caught:
+            await store.open()
+        assert not isinstance(caught.value, CheckpointLockedError)
+        assert "No such file or directory" in str(caught.value)  # the OS's reason
+        await store.close()
+        assert not exists(db_path)
+
 
 class TestReader:
     async def test_reader_sees_commits_while_the_writer_holds_the_lock(self, db_path: Path) -> None:

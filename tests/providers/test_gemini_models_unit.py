@@ -512,10 +512,8 @@ class TestHttpxOfTheSDK:
         # other package fails an isinstance assertion first); nothing listens on port 9.
         client = models.gemini_client("gm-test", base_url="http://127.0.0.1:9")
         try:
-            with pytest.raises(Exception) as caught:
+            with pytest.raises(httpx2.ConnectError):
                 await client.aio.models.generate_content(model=MODEL, contents="hi")
-            assert not isinstance(caught.value, AssertionError)
-            assert "connect" in f"{type(caught.value).__name__} {caught.value}".lower()
         finally:
             await client.aio.aclose()
 
