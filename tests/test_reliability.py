@@ -1202,8 +1202,9 @@ class TestMistakes:
             (AgentLike(), ("must be an LLMCallStrategy", "PydanticAIStrategy(agent)")),
             (_plain_async_function, ("must be an LLMCallStrategy", "a function?")),
             (SyncExecute(), ("SyncExecute.execute()", "must be a coroutine function")),
+            (EchoStrategy, ("the class EchoStrategy, not an instance", "EchoStrategy(...)")),
         ],
-        ids=["agent-like", "async-function", "sync-execute"],
+        ids=["agent-like", "async-function", "sync-execute", "class-not-instance"],
     )
     async def test_unusable_strategy_rejected_at_add_work(
         self, strategy: Any, hints: tuple[str, ...]

@@ -38,6 +38,12 @@ def check_strategy(strategy: object, item_id: str) -> None:
     An `LLMCallStrategy` subclass must also keep its other hooks (``prepare``,
     ``cleanup``, ``on_error``, ``dry_run``) asynchronous.
     """
+    if isinstance(strategy, type):
+        msg = (
+            f"strategy of item {item_id!r} is the class {strategy.__name__}, not an instance "
+            f"of it: pass {strategy.__name__}(...)"
+        )
+        raise TypeError(msg)
     execute = getattr(strategy, "execute", None)
     if execute is None:
         hint = ""
