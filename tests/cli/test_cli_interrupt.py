@@ -76,6 +76,10 @@ def test_ctrl_c_finishes_calls_in_flight_and_the_rerun_resumes(
     assert interrupted.returncode == 130, str(interrupted)
     assert "Resume with: abl run in.jsonl out.jsonl" in interrupted.stderr, str(interrupted)
     lines = cli.read_jsonl("out.jsonl")  # every line complete JSON
+    # The counts add up: every line is ok, failed or stopped; items without one never started.
+    stopped = sum(1 for line in lines if not line["ok"])
+    expected = (f"{len(lines)} of 30 item(s) written in ", f"{30 - len(lines) + stopped} not run")
+    assert all(part in interrupted.stderr for part in expected), interrupted.stderr
     ids = [line["id"] for line in lines]
     assert len(ids) == len(set(ids)), f"duplicate lines: {ids}"
     committed = {line["id"] for line in lines if line["ok"]}

@@ -445,6 +445,12 @@ def test_failed_items_exit_1_with_their_errors(
         assert error["category"] not in ("budget_exhausted", "interrupted"), error
     summary = json.loads((module_cli.directory / "failures.summary.json").read_text())
     assert (summary["exit_code"], summary["ok"], summary["failed"]) == (1, 6, 4)
+    # The summary says why, not only how many: the category and the first error.
+    category = lines[[line["id"] for line in lines].index(min(rejected))]["error"]["category"]
+    assert summary["failures_by_category"] == {category: 4}
+    assert "Invalid request" in summary["first_errors"][category]
+    assert f"failed: 4 {category}, the first with " in result.stderr, result.stderr
+    assert "Invalid request" in result.stderr
 
 
 def test_permanent_errors_are_not_retried(first_runs: dict[str, Scenario], module_cli: Cli) -> None:

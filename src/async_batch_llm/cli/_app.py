@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from async_batch_llm.checkpoint import CheckpointError
+from async_batch_llm.cli._output import usd
 from async_batch_llm.cli._run import ExitCode, RunOptions, run
 
 __all__ = ["main"]
@@ -278,10 +279,10 @@ def cost_command(state: str, as_json: bool) -> None:
     for name, bucket in sorted(info["by_state"].items()):
         click.echo(
             f"{name:>12}: {bucket['items']:,} item(s), {bucket['input_tokens']:,} in, "
-            f"{bucket['output_tokens']:,} out, ${Decimal(bucket['cost_usd']):.4f}"
+            f"{bucket['output_tokens']:,} out, {usd(bucket['cost_usd'])}"
         )
     click.echo(
-        f"total: ${Decimal(info['cost_usd']):.4f} for {info['model']} "
+        f"total: {usd(info['cost_usd'])} for {info['model']} "
         f"({info['unpriced_items']:,} unpriced; prices: {info['prices']})"
     )
 

@@ -13,7 +13,19 @@ from typing import IO, Any, Final
 
 from async_batch_llm._internal.values import split_error
 
-__all__ = ["OutputWriter", "error_parts", "output_line"]
+__all__ = ["OutputWriter", "error_parts", "output_line", "usd"]
+
+
+def usd(value: object) -> str:
+    """An amount of US dollars for people: to four decimal places, and an amount below
+    that to three significant digits (a run of a few short prompts costs millionths, not
+    "$0.0000")."""
+    amount = Decimal(str(value))
+    if amount == 0 or abs(amount) >= Decimal("0.0001"):
+        return f"${amount:,.4f}"
+    three_digits = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2))
+    return f"${three_digits:f}"
+
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 

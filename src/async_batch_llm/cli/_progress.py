@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, TextIO
 
+from async_batch_llm.cli._output import usd
+
 __all__ = ["Counters", "Progress"]
 
 #: Seconds between two progress lines when standard error is not a terminal.
@@ -52,7 +54,7 @@ class Counters:
         line = (
             f"{self.done:,}/{self.total:,} done · {self.ok:,} ok · {self.failed:,} failed · "
             f"{self.replayed:,} replayed · {speed:,.1f} items/s · ETA {eta} · {hits:,} 429s · "
-            f"${self.cost:.4f}"
+            f"{usd(self.cost)}"
         )
         if self.jobs:
             states = ", ".join(f"{n} {s}" for s, n in sorted(self.jobs_by_state().items()))

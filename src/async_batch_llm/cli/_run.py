@@ -33,7 +33,7 @@ from async_batch_llm.cli._model import (
     load_schema,
     parse_model,
 )
-from async_batch_llm.cli._output import OutputWriter, error_parts, output_line
+from async_batch_llm.cli._output import OutputWriter, error_parts, output_line, usd
 from async_batch_llm.cli._progress import Counters, Progress
 from async_batch_llm.observers.base import BaseObserver, ProcessingEvent
 
@@ -320,7 +320,7 @@ def _dry_run(options: RunOptions, spec: ModelSpec, records: int, source: InputFi
     lines = [
         f"{records:,} valid request(s) in {source.name} for {spec}",
         f"about {input_tokens:,} input tokens"
-        + ("" if cost is None else f", about ${cost:.4f} before output tokens")
+        + ("" if cost is None else f", about {usd(cost)} before output tokens")
         + (" (at batch prices)" if options.mode != "online" and cost is not None else ""),
         f"state: {state or 'none (both input and output are standard streams)'}",
         "dry run: nothing was called",
@@ -443,6 +443,8 @@ async def _run(
 
     interrupt.on_first = stop_gracefully
     tokens = {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0}
+    # Failed items by category, with the first error of each: the summary says why.
+    failures: dict[str, list[Any]] = {}
     all_runs_cost = Decimal(0)
     exit_code = ExitCode.OK
     budget_stopped = False
@@ -494,6 +496,8 @@ async def _run(
                     budget_stopped = budget_stopped or category == "budget_exhausted"
                 else:
                     counters.failed += 1
+                    seen = failures.setdefault(category or "error", [0, result.error])
+                    seen[0] += 1
                 writer.write(
                     output_line(
                         item_id=result.item_id,
@@ -549,6 +553,9 @@ async def _run(
         "failed": counters.failed,
         "replayed": counters.replayed,
         "not_run": counters.not_run + max(0, total - counters.done),
+        "stopped": counters.not_run,
+        "failures_by_category": {name: count for name, (count, _) in sorted(failures.items())},
+        "first_errors": {name: error for name, (_, error) in sorted(failures.items())},
         "wall_seconds": round(time.monotonic() - started, 3),
         "tokens": tokens,
         "cost_usd_this_run": format(counters.cost, "f"),
@@ -571,25 +578,39 @@ async def _run(
     return exit_code
 
 
+def _shortened(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _summarize(summary: dict[str, Any], options: RunOptions, exit_code: int) -> None:
     if options.quiet:
         return
     tokens = summary["tokens"]
+    not_run = f"{summary['not_run']:,} not run"
+    if summary["stopped"] and summary["not_run"] > summary["stopped"]:
+        not_started = summary["not_run"] - summary["stopped"]
+        not_run += f" ({summary['stopped']:,} stopped, {not_started:,} not started)"
     lines = [
-        f"{summary['done']:,} of {summary['total']:,} item(s) in {summary['wall_seconds']:.1f}s: "
-        f"{summary['ok']:,} ok, {summary['failed']:,} failed, {summary['replayed']:,} replayed, "
-        f"{summary['not_run']:,} not run",
+        f"{summary['done']:,} of {summary['total']:,} item(s) written in "
+        f"{summary['wall_seconds']:.1f}s: {summary['ok']:,} ok, {summary['failed']:,} failed "
+        f"({summary['replayed']:,} of these replayed), {not_run}",
         f"tokens this run: {tokens['input_tokens']:,} in ({tokens['cached_input_tokens']:,} "
         f"cached), {tokens['output_tokens']:,} out; {summary['rate_limits']:,} rate limit(s)",
-        f"cost: ${Decimal(summary['cost_usd_this_run']):.4f} this run, "
-        f"${Decimal(summary['cost_usd_all_runs']):.4f} for all results "
+        f"cost: {usd(summary['cost_usd_this_run'])} this run, "
+        f"{usd(summary['cost_usd_all_runs'])} for all results "
         f"({summary['unpriced_items']:,} unpriced; prices: {summary['prices']})",
     ]
+    for name, count in summary["failures_by_category"].items():
+        lines.append(
+            f"failed: {count:,} {name}, the first with "
+            f"{_shortened(summary['first_errors'][name] or 'no error message')} "
+            "(every error is in its output line)"
+        )
     if summary["mode"] != "online":
         jobs = ", ".join(f"{n} {state}" for state, n in sorted(summary["batch_jobs"].items()))
         lines.append(
             f"batch: {summary['via_batch']:,} result(s) from batch jobs ({jobs or 'no jobs'}); "
-            f"${Decimal(summary['batch_saved_usd']):.4f} saved against online prices"
+            f"{usd(summary['batch_saved_usd'])} saved against online prices"
         )
     if exit_code in (ExitCode.INTERRUPTED, ExitCode.BUDGET):
         why = "interrupted" if exit_code == ExitCode.INTERRUPTED else "stopped by the budget"

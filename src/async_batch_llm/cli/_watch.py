@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from async_batch_llm.checkpoint import CheckpointError
+from async_batch_llm.cli._output import usd
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -80,7 +81,7 @@ def render_status(report: RunReport) -> RenderableType:
                 f"{(waited / attempts) if attempts else 0.0:.2f} s"
             )
         )
-    cost = "unknown" if report.cost_usd is None else f"${report.cost_usd:,.4f}"
+    cost = "unknown" if report.cost_usd is None else usd(report.cost_usd)
     parts.append(
         Text(f"calls: {report.attempts:,}, 429s: {report.rate_limited:,}, cost so far: {cost}")
     )
