@@ -17,9 +17,11 @@ all succeed, then streams the same items. What must hold:
 from __future__ import annotations
 
 import asyncio
+import copy
 from contextlib import aclosing
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,3 +147,44 @@ async def check(scenario: dict[str, Any]) -> None:
 def test_durable_runs_never_pay_twice(scenario: dict[str, Any]) -> None:
     """See the module docstring."""
     run_virtual(check(scenario))
+
+
+_SHUT_DOWN_BASE: dict[str, Any] = {
+    "strategies": 1, "prepare": "ok", "max_attempts": 1, "cooldown": False,
+    "observer": "ok", "middleware": None, "progress": None, "cancel_after": None,
+    "ordered": False, "window": 3,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        # `break` while the store task is admitting items: it queued one more and spawned a
+        # worker after the shutdown had cancelled the pool's workers.
+        {
+            **_SHUT_DOWN_BASE,
+            "items": 5,
+            "schedules": [[]] * 5,
+            "workers": 4,
+            "rate_limit_retries": 1,
+            "post": (False, "ok"),
+            "interrupt_item": None,
+            "break_after": 3,
+        },
+        # KeyboardInterrupt while a call ignores its cancellation: the stuck worker's
+        # replacement started during the shutdown's cancellation and waited forever.
+        {
+            **_SHUT_DOWN_BASE,
+            "items": 4,
+            "schedules": [[], ["stubborn_hang"], [], []],
+            "workers": 3,
+            "rate_limit_retries": 0,
+            "post": None,
+            "interrupt_item": 2,
+            "break_after": None,
+        },
+    ],
+    ids=["break-during-admission", "interrupt-with-a-stuck-call"],
+)
+def test_no_worker_starts_after_a_stream_shuts_down(scenario: dict[str, Any]) -> None:
+    run_virtual(check(copy.deepcopy(scenario)))

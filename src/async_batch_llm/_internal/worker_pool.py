@@ -90,6 +90,9 @@ class WorkerPool:
         # (re-waiting on every live task each time one ends is quadratic in the workers).
         self._unfinished = 0
         self._died: asyncio.Task[None] | None = None
+        # Set by `cancel`: a worker started after it (a late spawn, a stuck worker's
+        # replacement) would outlive the cancellation, waiting on the queue forever.
+        self._cancelled = False
         # A KeyboardInterrupt or SystemExit a worker caught, to raise from ``run``.
         self._fatal: BaseException | None = None
         self._on_change = on_change
@@ -131,7 +134,9 @@ class WorkerPool:
         await self._cancel_abandoned()
 
     async def cancel(self) -> None:
-        """Cancel every worker, live or abandoned, and wait (bounded) for them."""
+        """Cancel every worker, live or abandoned, and wait (bounded) for them; start no
+        worker from then on."""
+        self._cancelled = True
         await _cancel(self.tasks, CANCELLATION_TIMEOUT)
 
     async def work(self, worker_id: int) -> None:
@@ -166,6 +171,8 @@ class WorkerPool:
             await self._post(result, worker)
 
     def _start(self, handover: tuple[Any, Any] | None) -> None:
+        if self._cancelled:
+            return
         worker_id = self._next_id
         self._next_id += 1
         task = asyncio.ensure_future(self._work(worker_id, handover))
