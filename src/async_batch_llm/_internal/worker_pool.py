@@ -192,15 +192,7 @@ class WorkerPool:
     @property
     def dead_worker_error(self) -> BaseException | None:
         """What killed a live worker (a defect), if one died of an exception."""
-        for task in self.live:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                return task.exception()
-        return None
-
-    @property
-    def running(self) -> int:
-        """Live workers that have not stopped."""
-        return sum(1 for task in self.live if not task.done())
+        return None if self._died is None else self._died.exception()
 
     async def finish(self, timeout: float) -> None:
         """Wait (up to `timeout` seconds) for the live workers to empty the closed queue,

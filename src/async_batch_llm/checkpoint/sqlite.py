@@ -602,14 +602,10 @@ def _take_lock(lock_path: Path, path: Path) -> BaseFileLock:
 
     # No soft fallback: a soft lock survives a killed writer, which would turn every crash
     # into a manual clean-up. Where flock is missing, WAL (shared memory) fails as well.
+    lock = filelock.FileLock(lock_path, timeout=0, thread_local=False, fallback_to_soft=False)
     try:
         # filelock reports a lock file it cannot create as held (a Timeout): find out first.
         os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644))
-    except OSError as exc:
-        msg = f"Cannot take the lock file {lock_path} of checkpoint store {path}: {exc}"
-        raise CheckpointError(msg) from exc
-    lock = filelock.FileLock(lock_path, timeout=0, thread_local=False, fallback_to_soft=False)
-    try:
         lock.acquire()
     except filelock.Timeout:
         holder = _describe_writer(path)

@@ -443,8 +443,9 @@ async def _run(
 
     interrupt.on_first = stop_gracefully
     tokens = {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0}
-    # Failed items by category, with the first error of each: the summary says why.
-    failures: dict[str, list[Any]] = {}
+    # Failed items by category, and the first error of each: the summary says why.
+    failures: dict[str, int] = {}
+    first_errors: dict[str, str | None] = {}
     all_runs_cost = Decimal(0)
     exit_code = ExitCode.OK
     budget_stopped = False
@@ -496,8 +497,9 @@ async def _run(
                     budget_stopped = budget_stopped or category == "budget_exhausted"
                 else:
                     counters.failed += 1
-                    seen = failures.setdefault(category or "error", [0, result.error])
-                    seen[0] += 1
+                    kind = category or "error"
+                    failures[kind] = failures.get(kind, 0) + 1
+                    first_errors.setdefault(kind, result.error)
                 writer.write(
                     output_line(
                         item_id=result.item_id,
@@ -554,8 +556,8 @@ async def _run(
         "replayed": counters.replayed,
         "not_run": counters.not_run + max(0, total - counters.done),
         "stopped": counters.not_run,
-        "failures_by_category": {name: count for name, (count, _) in sorted(failures.items())},
-        "first_errors": {name: error for name, (_, error) in sorted(failures.items())},
+        "failures_by_category": dict(sorted(failures.items())),
+        "first_errors": dict(sorted(first_errors.items())),
         "wall_seconds": round(time.monotonic() - started, 3),
         "tokens": tokens,
         "cost_usd_this_run": format(counters.cost, "f"),
