@@ -139,8 +139,7 @@ def _hooks(recorder: TimelineRecorder, item_id: str, seconds: float) -> None:
     """One item with one successful call of `seconds`, which waited 0.5 s for admission."""
     strategy = Faulty({})
     item = LLMWorkItem(item_id=item_id, strategy=strategy, prompt="x")
-    recorder.calls_started += 1
-    recorder.waited(0.5)
+    recorder.call_started(0.5)
     recorder.call_ended(strategy, seconds, {"input_tokens": 1, "output_tokens": 1}, None, False)
     result: WorkItemResult[Any, Any] = WorkItemResult(item_id, True, "x", attempts=1)
     recorder.item_ended(result, item, seconds)

@@ -283,20 +283,42 @@ class ItemRunner:
         self.config = config
         self.retry_policy = RetryPolicy(config.retry)
 
-    async def run(
+    def run(
         self,
         item: LLMWorkItem[Any, Any, Any],
         worker: WorkerContext,
         *,
         raise_on_failure: bool = False,
-    ) -> WorkItemResult[Any, Any]:
-        """Attempt `item` until it succeeds, is skipped, or fails; return its one result.
+    ) -> Awaitable[WorkItemResult[Any, Any]]:
+        """The awaitable of `item`'s one result: attempted until it succeeds, is skipped, or
+        fails.
 
         With `raise_on_failure` (the 0.7.2 ``_process_item_with_retries`` contract) the last
         error is raised instead when retries are exhausted, rate limits never let up or
         ``prepare()`` fails; it then carries the item's summed tokens as
         ``_failed_token_usage``. Permanent errors still give a failed result.
+
+        A plain function: when the strategy is prepared and the first attempt is admitted at
+        once (most items), the awaitable is that attempt's own coroutine, which goes on to
+        the retries if it fails, so an item runs in one coroutine rather than two.
         """
+        strategy = item.strategy
+        if id(strategy) in self._prepared_ids and not self.draining:
+            try:
+                permit = self.admission.try_admit(strategy, worker.worker_id, None, None)
+            except Exception as exc:
+                return self._refused(item, exc, worker, raise_on_failure)
+            if permit is not None:
+                return self.attempt(  # type: ignore[return-value]  # never a Failed: it retries
+                    item, worker, 1, strategy, RetryState(), permit, 0.0, True, raise_on_failure
+                )
+        return self._run_after_waiting(item, worker, raise_on_failure)
+
+    async def _run_after_waiting(
+        self, item: LLMWorkItem[Any, Any, Any], worker: WorkerContext, raise_on_failure: bool
+    ) -> WorkItemResult[Any, Any]:
+        """`run` for an item whose first attempt must wait: for its strategy's
+        ``prepare()``, for admission, or not be made at all (a drain)."""
         strategy = item.strategy
         if id(strategy) not in self._prepared_ids:
             try:
@@ -312,11 +334,8 @@ class ItemRunner:
                     raise
                 category = self._classify(exc).error_category
                 return await self.fail(item, exc, None, worker, category=category)
-        state = RetryState()
         admission = self.admission
-        # The first attempt on its own, without the retry loop's bookkeeping: most items
-        # need no other.
-        waited = 0.0  # seconds the call waits for admission (only the waiting path measures)
+        waited = 0.0  # seconds the call waits for admission (for telemetry)
         try:
             permit = admission.try_admit(strategy, worker.worker_id, None, None)
             if permit is None:
@@ -329,17 +348,24 @@ class ItemRunner:
                 waited = time.monotonic() - waiting_since
                 permit = admitted
         except Exception as exc:
-            # Quota or budget exhausted.
-            return await self._give_up(
-                item, exc, None, worker, raise_on_failure, 0, _admission_category(exc)
-            )
+            return await self._refused(item, exc, worker, raise_on_failure)
         if self.draining:
             permit.settle(Outcome.RELEASED)
             return self._skipped(item, 0, DRAINED_ERROR)
-        outcome = await self.attempt(item, worker, 1, strategy, state, permit, waited)
-        if not isinstance(outcome, Failed):
-            return outcome
-        return await self._retry(item, worker, strategy, state, outcome, raise_on_failure)
+        return await self.attempt(  # type: ignore[return-value]  # never a Failed: it retries
+            item, worker, 1, strategy, RetryState(), permit, waited, True, raise_on_failure
+        )
+
+    def _refused(
+        self,
+        item: LLMWorkItem[Any, Any, Any],
+        exc: Exception,
+        worker: WorkerContext,
+        raise_on_failure: bool,
+    ) -> Awaitable[WorkItemResult[Any, Any]]:
+        """The result of an item whose first attempt its admission refused (a quota or a
+        budget is used up)."""
+        return self._give_up(item, exc, None, worker, raise_on_failure, 0, _admission_category(exc))
 
     async def run_answered(
         self, item: LLMWorkItem[Any, Any, Any], worker: WorkerContext, answer: Answer
@@ -387,7 +413,7 @@ class ItemRunner:
         item: LLMWorkItem[Any, Any, Any],
         worker: WorkerContext,
         strategy: Any,
-        state: RetryState,
+        state: RetryState | None,
         failed: Failed,
         raise_on_failure: bool,
     ) -> WorkItemResult[Any, Any]:
@@ -477,11 +503,15 @@ class ItemRunner:
         state: RetryState | None,
         permit: Permit,
         waited: float = 0.0,
+        retry_failure: bool = False,
+        raise_on_failure: bool = False,
     ) -> WorkItemResult[Any, Any] | Failed:
         """One admitted call: middleware, the strategy under its deadline, events.
 
         `waited` is how long the call waited for its admission (for telemetry). Returns
-        the success (or middleware-skip) result, or the classified failure.
+        the success (or middleware-skip) result, or the classified failure; with
+        `retry_failure` (an item's first attempt) a failure goes on to the retries
+        instead, and the item's final result is returned (see `run`).
         """
         dispatcher = self.dispatcher
         observed = dispatcher.observers
@@ -504,15 +534,14 @@ class ItemRunner:
             work_item = prepared
         config = self.config
         deadline = worker.deadline
-        instruments = self.instruments
         probe: Attempt | None = None
-        if instruments is not None:
-            probe = instruments.attempt_started(item, number, waited, type(strategy) is _Answered)
+        if self.instruments is not None:
+            probe = self.instruments.attempt_started(
+                item, number, waited, type(strategy) is _Answered
+            )
         timeline = self.timeline
         if timeline is not None:
-            timeline.calls_started += 1
-            if waited:
-                timeline.waited(waited)
+            timeline.call_started(waited)
             if number == 1 or not worker.first_call:
                 worker.first_call = start
         try:
@@ -541,57 +570,78 @@ class ItemRunner:
             else:
                 usage = self.usage.normalize(usage, strategy)
         except BaseException as exc:
-            try:
-                error = self._attempt_error(exc, work_item, strategy, worker, start)
-            except BaseException:
-                permit.settle(Outcome.RELEASED)
-                if probe is not None:
-                    probe.end(None, exc, None)
-                if timeline is not None:
-                    timeline.call_ended(item.strategy, time.monotonic() - start, None, None, True)
-                raise
-            info = self._classify(error)
-            permit.settle(_outcome_of(error, info), error)
+            failed = self._failed(exc, work_item, strategy, worker, permit, probe, start)
+            if not retry_failure:
+                return failed
+        else:
+            permit.settle(Outcome.SUCCEEDED, usage)
             if probe is not None:
-                probe.end(None, error, info)
+                probe.end(usage, None, None)
             if timeline is not None:
                 timeline.call_ended(
                     item.strategy,
                     time.monotonic() - start,
+                    usage,
                     None,
-                    info,
                     type(strategy) is _Answered,
                 )
-            return Failed(error, info, permit)
-        permit.settle(Outcome.SUCCEEDED, usage)
+            # Positional arguments: this runs once per item and keywords cost twice as much.
+            result: WorkItemResult[Any, Any] = WorkItemResult(
+                work_item.item_id, True, output, None, work_item.context, usage, None, False, number
+            )
+            if dispatcher.middlewares:
+                result = await dispatcher.after_process(result, worker.run_hook)
+                result.token_usage = self.usage.normalize(
+                    result.token_usage, dispatcher, "A middleware's after_process() result"
+                )
+                if not result.attempts:
+                    result.attempts = number
+            if observed:
+                payload: dict[str, Any] = {
+                    "item_id": work_item.item_id,
+                    "duration": time.monotonic() - start,
+                    "tokens": usage.get("total_tokens", 0),
+                }
+                limit = permit.describe()
+                if limit:
+                    payload.update(limit)
+                self.publish_final(ProcessingEvent.ITEM_COMPLETED, payload)
+            return result
+        # Outside the ``except`` block: the retries must not run as handling of this error.
+        return await self._retry(item, worker, strategy, state, failed, raise_on_failure)
+
+    def _failed(
+        self,
+        exc: BaseException,
+        item: LLMWorkItem[Any, Any, Any],
+        strategy: Any,
+        worker: WorkerContext,
+        permit: Permit,
+        probe: Attempt | None,
+        start: float,
+    ) -> Failed:
+        """The attempt's call raised `exc`: classify it, settle the permit, end the probes.
+
+        Re-raises what must propagate (see `_attempt_error`), with the permit released.
+        """
+        timeline = self.timeline
+        answered = type(strategy) is _Answered
+        try:
+            error = self._attempt_error(exc, item, strategy, worker, start)
+        except BaseException:
+            permit.settle(Outcome.RELEASED)
+            if probe is not None:
+                probe.end(None, exc, None)
+            if timeline is not None:
+                timeline.call_ended(item.strategy, time.monotonic() - start, None, None, True)
+            raise
+        info = self._classify(error)
+        permit.settle(_outcome_of(error, info), error)
         if probe is not None:
-            probe.end(usage, None, None)
+            probe.end(None, error, info)
         if timeline is not None:
-            timeline.call_ended(
-                item.strategy, time.monotonic() - start, usage, None, type(strategy) is _Answered
-            )
-        # Positional arguments: this runs once per item and keywords cost twice as much.
-        result: WorkItemResult[Any, Any] = WorkItemResult(
-            work_item.item_id, True, output, None, work_item.context, usage, None, False, number
-        )
-        if dispatcher.middlewares:
-            result = await dispatcher.after_process(result, worker.run_hook)
-            result.token_usage = self.usage.normalize(
-                result.token_usage, dispatcher, "A middleware's after_process() result"
-            )
-            if not result.attempts:
-                result.attempts = number
-        if observed:
-            payload: dict[str, Any] = {
-                "item_id": work_item.item_id,
-                "duration": time.monotonic() - start,
-                "tokens": usage.get("total_tokens", 0),
-            }
-            limit = permit.describe()
-            if limit:
-                payload.update(limit)
-            self.publish_final(ProcessingEvent.ITEM_COMPLETED, payload)
-        return result
+            timeline.call_ended(item.strategy, time.monotonic() - start, None, info, answered)
+        return Failed(error, info, permit)
 
     def _attempt_error(
         self,

@@ -159,8 +159,8 @@ class _Interval:
 class TimelineRecorder:
     """Aggregates a run's items and calls into intervals.
 
-    `ItemRunner` counts each call it starts (`calls_started`), reports each that ends
-    (`call_ended`) and the time calls waited for admission (`waited`); the run reports
+    `ItemRunner` reports each call it starts (`call_started`, with the time it waited for
+    admission) and each that ends (`call_ended`); the run reports
     each result (`item_ended`, `item_replayed`). Each hook only counts or appends.
 
     Args:
@@ -196,7 +196,7 @@ class TimelineRecorder:
             for snapshot in self._snapshots()
         }
         self._facts = FactsCache()
-        #: Calls started so far (the runner adds to it); minus those ended: in flight.
+        #: Calls started so far; minus those ended: in flight.
         self.calls_started = 0
         self._calls_ended = 0
         self._flushed_started = 0
@@ -241,9 +241,11 @@ class TimelineRecorder:
         self._last_calls = calls
         return calls
 
-    def waited(self, seconds: float) -> None:
-        """A call waited `seconds` for admission before it started."""
-        self._current.wait_sum += seconds
+    def call_started(self, waited: float) -> None:
+        """A call started after waiting `waited` seconds for admission."""
+        self.calls_started += 1
+        if waited:
+            self._current.wait_sum += waited
 
     def item_ended(self, result: WorkItemResult[Any, Any], item: Any, seconds: float) -> None:
         """`result` is the outcome of `item`, `seconds` after its first call began (0: it
