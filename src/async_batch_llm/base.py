@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Self
@@ -163,6 +163,25 @@ class BatchResult(Generic[TOutput, TContext]):
         return self.total_input_tokens - int(self.total_cached_tokens * 0.9)
 
 
+def counted_batch_result(
+    results: list[WorkItemResult[TOutput, TContext]], stats: ProcessingStats
+) -> BatchResult[TOutput, TContext]:
+    """The `BatchResult` of `results`, with the counts `stats` holds of exactly them.
+
+    Equal to ``BatchResult(results=results)`` without its recount, a second pass over
+    every result of the batch.
+    """
+    batch: BatchResult[TOutput, TContext] = BatchResult.__new__(BatchResult)
+    batch.results = results
+    batch.total_items = len(results)
+    batch.succeeded = stats.succeeded
+    batch.failed = stats.failed
+    batch.total_input_tokens = stats.total_input_tokens
+    batch.total_output_tokens = stats.total_output_tokens
+    batch.total_cached_tokens = stats.cached_input_tokens
+    return batch
+
+
 @dataclass
 class ProcessingStats:
     """Running counters of a batch; ``get_stats()`` returns a copy as a plain dict."""
@@ -250,8 +269,12 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         self._queue: WorkQueue[LLMWorkItem[TInput, TOutput, TContext] | None] = WorkQueue(
             maxsize=max_queue_size
         )
+        # The results of the batch (in completion order) and its counters, which count
+        # the first `_counted` of them: the rest are counted when the counters are read
+        # (`_stats`), so that recording a result costs an append.
         self._results: list[WorkItemResult[TOutput, TContext]] = []
-        self._stats = ProcessingStats()
+        self._counts = ProcessingStats()
+        self._counted = 0
         self._workers: list[asyncio.Task[None]] = []
         self._is_processing = False
         self._progress_tasks: set[asyncio.Task[Any]] = set()
@@ -293,16 +316,18 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 "every item first, pass the rest to stream(), or use a new processor"
             )
             raise RuntimeError(msg)
-        self._check_item(work_item, "add_work()")
-        queue = self._queue
-        if queue.full():
+        if work_item.__class__ is not LLMWorkItem or work_item.strategy is not self._last_checked:
+            self._check_item(work_item, "add_work()")
+        try:
+            self._queue.put_nowait(work_item)
+        except asyncio.QueueFull:
             # No worker runs before process_all(), so waiting for space would never end.
             msg = (
                 f"The work queue is full (max_queue_size={self.max_queue_size}) and nothing "
                 "consumes it before process_all() starts: raise max_queue_size, or set it "
                 "to 0 for an unbounded queue"
             )
-            raise RuntimeError(msg)
+            raise RuntimeError(msg) from None
         queued_ids = self._queued_ids
         count = len(queued_ids)
         queued_ids.add(work_item.item_id)
@@ -311,8 +336,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 "Item id %r was added more than once; its results cannot be told apart by id",
                 work_item.item_id,
             )
-        queue.put_nowait(work_item)
-        self._stats.total += 1
+        self._counts.total += 1
 
     def _check_item(self, work_item: object, where: str = "stream()") -> None:
         """Raise TypeError unless `work_item` is a work item whose strategy can run."""
@@ -345,7 +369,21 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         finally:
             self._end_batch()
         await self._on_batch_completed()
-        return BatchResult(results=list(self._results))
+        return counted_batch_result(list(self._results), self._stats)
+
+    @property
+    def _stats(self) -> ProcessingStats:
+        """The batch's counters, every recorded result counted."""
+        if self._counted != len(self._results):
+            results = self._results
+            start, self._counted = self._counted, len(results)
+            self._count_results(results[start:] if start else results, spent=True)
+        return self._counts
+
+    @_stats.setter
+    def _stats(self, stats: ProcessingStats) -> None:
+        self._counts = stats
+        self._counted = len(self._results)
 
     def _end_batch(self) -> None:
         """Called when a batch stops running, however it ended."""
@@ -429,56 +467,98 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
     def _record_result(
         self, result: WorkItemResult[TOutput, TContext], item: Any, worker: Any = None
     ) -> bool:
-        """Add one final result of `item` to the results and the statistics (no await:
-        atomic); `worker` is the worker context that ran it.
+        """Add one final result of `item` to the results (no await: atomic); `worker` is the
+        worker context that ran it. The statistics count it when they are next read.
 
         Returns whether a post-processor is set (so the caller knows to run it).
         """
-        self._results.append(result)
-        return self._count_result(result, item)
+        results = self._results
+        results.append(result)
+        if not len(results) % self._progress_every:
+            self._report_progress(len(results), item)
+        return self.post_processor is not None
 
     def _count_result(
         self, result: WorkItemResult[TOutput, TContext], item: Any, spent: bool = True
     ) -> bool:
-        """Count one final result in the statistics (and run the progress reporting).
+        """Count one final result of `item` in the statistics at once (a result a stream
+        hands out, which `_results` does not keep).
 
         `spent` is false for a result replayed from a checkpoint: an outcome of the batch,
         but its tokens were not spent by this run. Returns whether a post-processor is set.
         """
-        usage: Any = result.token_usage if spent else _NO_USAGE
-        stats = self._stats
-        try:
-            get = usage.get
-            input_tokens = stats.total_input_tokens + get("input_tokens", 0)
-            output_tokens = stats.total_output_tokens + get("output_tokens", 0)
-            total_tokens = stats.total_tokens + get("total_tokens", 0)
-            cached = stats.cached_input_tokens + get("cached_input_tokens", 0)
-        except (AttributeError, TypeError):
+        self._count_results((result,), spent)
+        processed = self._counts.processed
+        if not processed % self._progress_every:
+            self._report_progress(processed, item)
+        return self.post_processor is not None
+
+    def _count_results(
+        self, results: Iterable[WorkItemResult[TOutput, TContext]], spent: bool
+    ) -> None:
+        """Add `results` to the counters: outcomes, error kinds and (when `spent`) tokens.
+
+        Tokens of a replayed result are never added (this run did not spend them), as in
+        `BatchResult`.
+        """
+        stats = self._counts
+        error_counts = stats.error_counts
+        succeeded = failed = input_tokens = output_tokens = total_tokens = cached = 0
+        for result in results:
+            if result.success:
+                succeeded += 1
+            else:
+                failed += 1
+                if result.error:
+                    key = str(result.error).split(":")[0]
+                    error_counts[key] = error_counts.get(key, 0) + 1
+            if not spent or result.replayed:
+                continue
+            usage: Any = result.token_usage
+            if type(usage) is dict:
+                get = usage.get
+                result_input = get("input_tokens", 0)
+                result_output = get("output_tokens", 0)
+                result_total = get("total_tokens", 0)
+                result_cached = get("cached_input_tokens", 0)
+                if (
+                    type(result_input) is int
+                    and type(result_output) is int
+                    and type(result_total) is int
+                    and type(result_cached) is int
+                    and (result_input | result_output | result_total | result_cached) >= 0
+                ):
+                    input_tokens += result_input
+                    output_tokens += result_output
+                    total_tokens += result_total
+                    cached += result_cached
+                    continue
             # The item runner hands over clean usage; a result built elsewhere (a subclass,
-            # by hand) may carry anything: clean it, then record it.
-            result.token_usage = (
-                self._usage_cleaner.normalize(
-                    usage, self._usage_cleaner, f"The result of item {result.item_id!r}"
-                )
+            # by hand, a middleware) may carry anything: clean it, then count it.
+            cleaner = self._usage_cleaner
+            usage = result.token_usage = (
+                cleaner.normalize(usage, cleaner, f"The result of item {result.item_id!r}")
                 if usage
                 else {}
             )
-            return self._count_result(result, item, spent)
-        stats.total_input_tokens = input_tokens
-        stats.total_output_tokens = output_tokens
-        stats.total_tokens = total_tokens
-        if cached != stats.cached_input_tokens:
-            stats.cached_input_tokens = stats.total_cached_tokens = cached
-        stats.processed += 1
-        if result.success:
-            stats.succeeded += 1
-        else:
-            stats.failed += 1
-            if result.error:
-                key = str(result.error).split(":")[0]
-                stats.error_counts[key] = stats.error_counts.get(key, 0) + 1
-        processed = stats.processed
-        if processed % self._progress_every == 0:
+            input_tokens += usage.get("input_tokens", 0)
+            output_tokens += usage.get("output_tokens", 0)
+            total_tokens += usage.get("total_tokens", 0)
+            cached += usage.get("cached_input_tokens", 0)
+        stats.processed += succeeded + failed
+        stats.succeeded += succeeded
+        stats.failed += failed
+        stats.total_input_tokens += input_tokens
+        stats.total_output_tokens += output_tokens
+        stats.total_tokens += total_tokens
+        if cached:
+            stats.cached_input_tokens += cached
+            stats.total_cached_tokens = stats.cached_input_tokens
+
+    def _report_progress(self, processed: int, item: Any) -> None:
+        """The INFO progress line and the progress callback, at `processed` results."""
+        if logger.isEnabledFor(logging.INFO):
+            stats = self._stats
             logger.info(
                 "Progress: %d/%d done (%d succeeded, %d failed)",
                 processed,
@@ -486,8 +566,7 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
                 stats.succeeded,
                 stats.failed,
             )
-            self._run_progress_callback(processed, stats.total, item.item_id)
-        return self.post_processor is not None
+        self._run_progress_callback(processed, self._counts.total, item.item_id)
 
     def _run_progress_callback(self, completed: int, total: int, current_item: str) -> None:
         callback = self.progress_callback
@@ -535,4 +614,3 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
 
 
 _CLEANER: Final = UsageNormalizer()
-_NO_USAGE: Final[dict[str, int]] = {}

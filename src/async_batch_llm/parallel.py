@@ -400,7 +400,6 @@ class ParallelBatchProcessor(
             clean_up_strategies=False,
         )
         results: list[WorkItemResult[TOutput, TContext]] = []
-        self._results = results
         async for result in run.results():
             results.append(result)
         return BatchResult(results=list(results))
@@ -704,7 +703,7 @@ class ParallelBatchProcessor(
         return []
 
     def _count_rate_limit(self) -> None:
-        self._stats.rate_limit_count += 1
+        self._counts.rate_limit_count += 1
 
     def _admission_for(self, strategy: RateLimitStrategy) -> Admission:
         limit = self.config.rate_limit.max_rate_limit_retries

@@ -654,7 +654,7 @@ class StreamRun:
         self.window.ahead += 1
         self._outstanding += 1
         if self.total is None:
-            processor._stats.total += 1
+            processor._counts.total += 1
         if self.checkpoint is not None:
             self._incoming.append((seq, item))
             self._store_wake.set()
