@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from async_batch_llm._internal.outcome import Outcome, Permit
+from async_batch_llm._internal.outcome import SUCCEEDED, Outcome, Permit
 from async_batch_llm._internal.rate_control.controller import (
     HOOK_USE,
     OpenPermit,
@@ -148,7 +148,7 @@ class _CooldownPermit:
         self.generation = generation
 
     def settle(self, outcome: Outcome, detail: object = None) -> None:
-        if outcome is Outcome.SUCCEEDED and self.coordinator.consecutive:
+        if outcome is SUCCEEDED and self.coordinator.consecutive:
             self.coordinator.record_success()
 
     def describe(self) -> dict[str, object] | None:

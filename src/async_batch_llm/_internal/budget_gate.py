@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from async_batch_llm._internal.admission import Admission, estimate_tokens
-from async_batch_llm._internal.outcome import Outcome, Permit
+from async_batch_llm._internal.outcome import SUCCEEDED, Outcome, Permit
 from async_batch_llm.strategies.errors import FrameworkTimeoutError
 from async_batch_llm.token_extractor import TokenExtractor
 
@@ -30,7 +30,7 @@ class _BudgetPermit:
         self.inner.settle(outcome, detail)
         usage: Any = None
         charge_estimate = False
-        if outcome is Outcome.SUCCEEDED:
+        if outcome is SUCCEEDED:
             usage = detail if isinstance(detail, dict) else None
         elif isinstance(detail, BaseException):
             # A failed call may have been charged (a response that did not validate).

@@ -30,8 +30,10 @@ from async_batch_llm._internal.admission import (
 )
 from async_batch_llm._internal.deadline import AttemptDeadline
 from async_batch_llm._internal.hooks import interruption_error, is_propagating, run_step
+from async_batch_llm._internal.outcome import SUCCEEDED
 from async_batch_llm._internal.quota import QUOTA_EXHAUSTED_CATEGORY, is_quota_exhausted
 from async_batch_llm._internal.retry_policy import RetryPolicy
+from async_batch_llm._internal.state_use import reads_retry_state
 from async_batch_llm._internal.usage import (
     FAILED_USAGE_ATTR,
     USAGE_KEYS,
@@ -217,6 +219,10 @@ class ItemRunner:
         #: ``None`` when off (the attempt path tests each once per attempt).
         self.instruments: OTelInstruments | None = None
         self.timeline: TimelineRecorder | None = None
+        # Whether each strategy met can see its items' RetryState (held: ids stay unique),
+        # and the last one found blind to it (most batches have one strategy).
+        self._reads_state: dict[int, tuple[Any, bool]] = {}
+        self._blind: Any = None
 
     def stopping(self) -> bool:
         """Whether `draining` is set (a call: it may change while an attempt waits)."""
@@ -309,8 +315,9 @@ class ItemRunner:
             except Exception as exc:
                 return self._refused(item, exc, worker, raise_on_failure)
             if permit is not None:
+                state = None if strategy is self._blind else self._state_for(strategy)
                 return self.attempt(  # type: ignore[return-value]  # never a Failed: it retries
-                    item, worker, 1, strategy, RetryState(), permit, 0.0, True, raise_on_failure
+                    item, worker, 1, strategy, state, permit, 0.0, True, raise_on_failure
                 )
         return self._run_after_waiting(item, worker, raise_on_failure)
 
@@ -352,9 +359,22 @@ class ItemRunner:
         if self.draining:
             permit.settle(Outcome.RELEASED)
             return self._skipped(item, 0, DRAINED_ERROR)
+        state = self._state_for(strategy)
         return await self.attempt(  # type: ignore[return-value]  # never a Failed: it retries
-            item, worker, 1, strategy, RetryState(), permit, waited, True, raise_on_failure
+            item, worker, 1, strategy, state, permit, waited, True, raise_on_failure
         )
+
+    def _state_for(self, strategy: Any) -> RetryState | None:
+        """A new `RetryState` for an item of `strategy`; ``None`` when the strategy cannot
+        see it (see `reads_retry_state`)."""
+        known = self._reads_state.get(id(strategy))
+        if known is None or known[0] is not strategy:
+            reads = reads_retry_state(strategy, _BASE_ON_ERROR)
+            known = self._reads_state[id(strategy)] = (strategy, reads)
+        if known[1]:
+            return RetryState()
+        self._blind = strategy
+        return None
 
     def _refused(
         self,
@@ -574,7 +594,7 @@ class ItemRunner:
             if not retry_failure:
                 return failed
         else:
-            permit.settle(Outcome.SUCCEEDED, usage)
+            permit.settle(SUCCEEDED, usage)
             if probe is not None:
                 probe.end(usage, None, None)
             if timeline is not None:

@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from async_batch_llm._internal.outcome import Outcome
+from async_batch_llm._internal.outcome import SUCCEEDED, Outcome
 from async_batch_llm._internal.rate_control.headers import (
     LimitObservation,
     parse_rate_limit_headers,
@@ -129,7 +129,7 @@ class Ticket(Admission):
             with suppress(ValueError):
                 current_ticket.reset(context)
         controller = self.controller
-        if outcome is Outcome.SUCCEEDED:
+        if outcome is SUCCEEDED:
             # What `RateController.complete` does, inline: this runs for every success.
             self.settled = True
             used = detail.get("total_tokens") if type(detail) is dict else None
@@ -181,7 +181,7 @@ class OpenPermit:
     def settle(self, outcome: Outcome, detail: object = None) -> None:
         """Report the call's outcome to the controller."""
         state = self.state
-        if outcome is Outcome.SUCCEEDED:
+        if outcome is SUCCEEDED:
             used = detail.get("total_tokens") if type(detail) is dict else None
             if type(used) is not int or used <= 0:
                 used = total_tokens_of(detail)
