@@ -181,3 +181,13 @@ async def test_a_blind_strategy_is_given_no_state() -> None:
         assert runner._state_for(blind) is None
         assert isinstance(runner._state_for(reads), RetryState)
         assert runner._state_for(reads) is not runner._state_for(reads)
+
+
+def test_a_strategy_whose_attributes_raise_counts_as_reading() -> None:
+    class Odd(Blind):
+        def __getattribute__(self, name: str) -> Any:
+            if name == "on_error":
+                raise RuntimeError("no")
+            return super().__getattribute__(name)
+
+    assert reads_retry_state(Odd(), BASE_ON_ERROR) is True

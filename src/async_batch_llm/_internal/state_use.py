@@ -35,13 +35,16 @@ def reads_retry_state(strategy: object, base_on_error: Any) -> bool:
     `base_on_error` is the base class's ``on_error`` function: a strategy that overrides
     it gets the state there.
     """
-    on_error = getattr(strategy, "on_error", None)
-    if on_error is not None and getattr(on_error, "__func__", None) is not base_on_error:
-        return True
-    function = getattr(getattr(strategy, "execute", None), "__func__", None)
-    if type(function) is not FunctionType:
-        return True
-    return _mentions_parameter(function.__code__, _STATE_POSITION)
+    try:
+        on_error = getattr(strategy, "on_error", None)
+        if on_error is not None and getattr(on_error, "__func__", None) is not base_on_error:
+            return True
+        function = getattr(getattr(strategy, "execute", None), "__func__", None)
+        if type(function) is not FunctionType:
+            return True
+        return _mentions_parameter(function.__code__, _STATE_POSITION)
+    except Exception:
+        return True  # an odd object (a __getattr__ that raises, unreadable code): assume so
 
 
 def _mentions_parameter(code: CodeType, position: int) -> bool:
