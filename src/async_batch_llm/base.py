@@ -118,36 +118,12 @@ class BatchResult(Generic[TOutput, TContext]):
     total_cached_tokens: int = 0
 
     def __post_init__(self) -> None:
-        succeeded = input_tokens = output_tokens = cached_tokens = 0
-        for result in self.results:
-            if result.success:
-                succeeded += 1
-            usage: Any = result.token_usage
-            if not usage or result.replayed:
-                continue
-            if type(usage) is dict:
-                get = usage.get
-                result_input = get("input_tokens", 0)
-                result_output = get("output_tokens", 0)
-                result_cached = get("cached_input_tokens", 0)
-                if (
-                    type(result_input) is int
-                    and type(result_output) is int
-                    and type(result_cached) is int
-                    and (result_input | result_output | result_cached) >= 0
-                ):
-                    input_tokens += result_input
-                    output_tokens += result_output
-                    cached_tokens += result_cached
-                    continue
-            # A result built by hand (or changed after the batch) with odd counts.
-            usage = _CLEANER.normalize(usage, _CLEANER, f"The result of {result.item_id!r}")
-            input_tokens += usage.get("input_tokens", 0)
-            output_tokens += usage.get("output_tokens", 0)
-            cached_tokens += usage.get("cached_input_tokens", 0)
+        succeeded, failed, input_tokens, output_tokens, _, cached_tokens = tally_results(
+            self.results, _CLEANER
+        )
         self.total_items = len(self.results)
         self.succeeded = succeeded
-        self.failed = self.total_items - succeeded
+        self.failed = failed
         self.total_input_tokens = input_tokens
         self.total_output_tokens = output_tokens
         self.total_cached_tokens = cached_tokens
@@ -161,6 +137,69 @@ class BatchResult(Generic[TOutput, TContext]):
     def effective_input_tokens(self) -> int:
         """Input tokens with cached ones counted at a 90% discount."""
         return self.total_input_tokens - int(self.total_cached_tokens * 0.9)
+
+
+def tally_results(
+    results: Iterable[WorkItemResult[Any, Any]],
+    cleaner: UsageNormalizer,
+    error_counts: dict[str, int] | None = None,
+    *,
+    spent: bool = True,
+    clean_in_place: bool = False,
+) -> tuple[int, int, int, int, int, int]:
+    """Count `results`: the one place that sums outcomes and tokens (`BatchResult`, the
+    processor's statistics).
+
+    Returns ``(succeeded, failed, input, output, total, cached input tokens)``. Tokens of a
+    replayed result are left out (this run did not spend them), and all tokens when not
+    `spent`. Usage that is not a dict of non-negative ints is read through `cleaner` (one
+    WARNING); with `clean_in_place` the cleaned usage replaces the result's. With
+    `error_counts`, each failure with an error text adds one to its error type's count.
+    """
+    succeeded = failed = input_tokens = output_tokens = total_tokens = cached = 0
+    for result in results:
+        if result.success:
+            succeeded += 1
+        else:
+            failed += 1
+            if error_counts is not None and result.error:
+                key = str(result.error).split(":")[0]
+                error_counts[key] = error_counts.get(key, 0) + 1
+        if not spent or result.replayed:
+            continue
+        usage: Any = result.token_usage
+        if type(usage) is dict:
+            get = usage.get
+            result_input = get("input_tokens", 0)
+            result_output = get("output_tokens", 0)
+            result_total = get("total_tokens", 0)
+            result_cached = get("cached_input_tokens", 0)
+            if (
+                type(result_input) is int
+                and type(result_output) is int
+                and type(result_total) is int
+                and type(result_cached) is int
+                and (result_input | result_output | result_total | result_cached) >= 0
+            ):
+                input_tokens += result_input
+                output_tokens += result_output
+                total_tokens += result_total
+                cached += result_cached
+                continue
+        # The item runner hands over clean usage; a result built elsewhere (a subclass, by
+        # hand, a middleware, changed after the batch) may carry anything.
+        usage = (
+            cleaner.normalize(usage, cleaner, f"The result of item {result.item_id!r}")
+            if usage
+            else {}
+        )
+        if clean_in_place:
+            result.token_usage = usage
+        input_tokens += usage.get("input_tokens", 0)
+        output_tokens += usage.get("output_tokens", 0)
+        total_tokens += usage.get("total_tokens", 0)
+        cached += usage.get("cached_input_tokens", 0)
+    return succeeded, failed, input_tokens, output_tokens, total_tokens, cached
 
 
 def counted_batch_result(
@@ -502,49 +541,9 @@ class BatchProcessor(ABC, Generic[TInput, TOutput, TContext]):
         `BatchResult`.
         """
         stats = self._counts
-        error_counts = stats.error_counts
-        succeeded = failed = input_tokens = output_tokens = total_tokens = cached = 0
-        for result in results:
-            if result.success:
-                succeeded += 1
-            else:
-                failed += 1
-                if result.error:
-                    key = str(result.error).split(":")[0]
-                    error_counts[key] = error_counts.get(key, 0) + 1
-            if not spent or result.replayed:
-                continue
-            usage: Any = result.token_usage
-            if type(usage) is dict:
-                get = usage.get
-                result_input = get("input_tokens", 0)
-                result_output = get("output_tokens", 0)
-                result_total = get("total_tokens", 0)
-                result_cached = get("cached_input_tokens", 0)
-                if (
-                    type(result_input) is int
-                    and type(result_output) is int
-                    and type(result_total) is int
-                    and type(result_cached) is int
-                    and (result_input | result_output | result_total | result_cached) >= 0
-                ):
-                    input_tokens += result_input
-                    output_tokens += result_output
-                    total_tokens += result_total
-                    cached += result_cached
-                    continue
-            # The item runner hands over clean usage; a result built elsewhere (a subclass,
-            # by hand, a middleware) may carry anything: clean it, then count it.
-            cleaner = self._usage_cleaner
-            usage = result.token_usage = (
-                cleaner.normalize(usage, cleaner, f"The result of item {result.item_id!r}")
-                if usage
-                else {}
-            )
-            input_tokens += usage.get("input_tokens", 0)
-            output_tokens += usage.get("output_tokens", 0)
-            total_tokens += usage.get("total_tokens", 0)
-            cached += usage.get("cached_input_tokens", 0)
+        succeeded, failed, input_tokens, output_tokens, total_tokens, cached = tally_results(
+            results, self._usage_cleaner, stats.error_counts, spent=spent, clean_in_place=True
+        )
         stats.processed += succeeded + failed
         stats.succeeded += succeeded
         stats.failed += failed
