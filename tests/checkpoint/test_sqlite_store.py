@@ -374,6 +374,40 @@ class TestReader:
         with reader:
             assert reader.lookup(["a"]) == [make_entry("a")]
 
+    def test_a_store_created_while_a_reader_checks_it_is_not_another_programs(
+        self, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The Ray stage reads other actors' shards while they start. A writer committing the
+        # schema between the reader's look at the version and its look at the tables once
+        # made the new shard look like another program's database and failed the job.
+        with connect(db_path) as writer:
+            writer.execute("PRAGMA journal_mode=WAL")  # as the store sets it, before writing
+            real_connect = sqlite3.connect
+            created = False
+
+            def create_between_the_two_reads(sql: str) -> None:
+                nonlocal created
+                if "sqlite_master" in sql and not created:
+                    created = True
+                    writer.execute("BEGIN IMMEDIATE")
+                    sqlite_module._create_schema(writer)
+                    writer.execute("COMMIT")
+
+            def connect_and_trace(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+                conn = real_connect(*args, **kwargs)
+                conn.set_trace_callback(create_between_the_two_reads)
+                return conn
+
+            monkeypatch.setattr(sqlite3, "connect", connect_and_trace)
+            # The reader sees the file as it was when it looked: no store yet.
+            assert SQLiteCheckpointReader._if_written(db_path) is None
+            monkeypatch.undo()
+            assert created
+            reader = SQLiteCheckpointReader._if_written(db_path)
+            assert reader is not None
+            with reader:
+                assert reader.lookup(["a"]) == [None]
+
 
 class TestThread:
     async def test_every_statement_runs_on_one_worker_thread(

@@ -713,8 +713,14 @@ def _check_file_header(path: Path) -> None:
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:
     """Whether the database is empty (new); raises unless it is a store of this version."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    # One read transaction: a writer creating the store between two separate reads would
+    # make a version of 0 meet the new tables, which is how another program's file looks.
+    conn.execute("BEGIN")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.execute("COMMIT")
     if version == 0:
         if not tables:
             return True
