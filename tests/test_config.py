@@ -618,6 +618,30 @@ class TestSoftWarnings:
         [message] = _warnings(caplog)
         assert "max_queue_size=2" in message
 
+    async def test_each_warning_is_logged_once_per_config(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The config is checked again by the processor and when the batch starts (it may
+        have been edited); a warning already given is not repeated, a new one is."""
+        from async_batch_llm import ParallelBatchProcessor
+
+        with caplog.at_level(logging.WARNING, logger=CONFIG_LOGGER):
+            config = ProcessorConfig(max_workers=5, max_queue_size=2)
+            assert len(_warnings(caplog)) == 1
+            caplog.clear()
+            config.validate()
+            async with ParallelBatchProcessor[str, str, None](config=config) as processor:
+                config.max_requests_per_minute = 60  # edited after construction
+                await processor.process_all()
+        messages = _warnings(caplog)
+        assert len(messages) == 1
+        assert "max_requests_per_minute=60" in messages[0]
+        # A config of its own warns again, even with the same values.
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=CONFIG_LOGGER):
+            ProcessorConfig(max_workers=5, max_queue_size=2)
+        assert len(_warnings(caplog)) == 1
+
     def test_soft_checks_never_raise(self) -> None:
         """A config that triggers soft warnings is still constructed normally."""
         cfg = ProcessorConfig(max_workers=10, max_queue_size=1, max_requests_per_minute=1)

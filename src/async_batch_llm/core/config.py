@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -428,21 +428,28 @@ class ProcessorConfig:
         self._warn_about_suspicious_values()
 
     def _warn_about_suspicious_values(self) -> None:
-        """Log a WARNING for each legal combination that is probably a mistake."""
+        """Log a WARNING for each legal combination that is probably a mistake, once per
+        config object: it is checked again when a processor is built and when a batch
+        starts (it may have been edited), and a user should read each warning once."""
+        warned: set[str] = self.__dict__.setdefault("_warned", set())
+        for message in self._suspicious_values():
+            if message not in warned:
+                warned.add(message)
+                logger.warning("%s", message)
+
+    def _suspicious_values(self) -> Iterator[str]:
         if 0 < self.max_queue_size < self.max_workers:
-            logger.warning(
-                "max_queue_size=%s is smaller than max_workers=%s, so some workers may sit "
-                "idle waiting for items; use max_queue_size >= max_workers or 0 (unbounded)",
-                self.max_queue_size,
-                self.max_workers,
+            yield (
+                f"max_queue_size={self.max_queue_size} is smaller than "
+                f"max_workers={self.max_workers}, so some workers may sit idle waiting for "
+                "items; use max_queue_size >= max_workers or 0 (unbounded)"
             )
         retry = self.retry
         if self.timeout_per_item < retry.initial_wait:
-            logger.warning(
-                "timeout_per_item=%ss is shorter than retry.initial_wait=%ss; an attempt gets "
-                "less time than the wait before its retry, check that this is intended",
-                self.timeout_per_item,
-                retry.initial_wait,
+            yield (
+                f"timeout_per_item={self.timeout_per_item}s is shorter than "
+                f"retry.initial_wait={retry.initial_wait}s; an attempt gets less time than "
+                "the wait before its retry, check that this is intended"
             )
         retries = retry.max_attempts - 1
         backoff = _total_backoff(
@@ -454,24 +461,18 @@ class ProcessorConfig:
                 if retry.jitter
                 else ""
             )
-            logger.warning(
-                "timeout_per_item=%ss is less than half of the total retry backoff of %.1fs "
-                "over %d retries%s; raise timeout_per_item or lower retry.max_wait if "
-                "attempts should get more time than the waits between them",
-                self.timeout_per_item,
-                backoff,
-                retries,
-                jitter_note,
+            yield (
+                f"timeout_per_item={self.timeout_per_item}s is less than half of the total "
+                f"retry backoff of {backoff:.1f}s over {retries} retries{jitter_note}; raise "
+                "timeout_per_item or lower retry.max_wait if attempts should get more time "
+                "than the waits between them"
             )
         rpm = self.max_requests_per_minute
         if rpm is not None and rpm / 60 < self.max_workers:
-            logger.warning(
-                "max_requests_per_minute=%s allows %.2f requests/s, fewer than max_workers=%s; "
-                "workers will mostly wait on the limiter, so lower max_workers or raise "
-                "max_requests_per_minute",
-                rpm,
-                rpm / 60,
-                self.max_workers,
+            yield (
+                f"max_requests_per_minute={rpm} allows {rpm / 60:.2f} requests/s, fewer than "
+                f"max_workers={self.max_workers}; workers will mostly wait on the limiter, so "
+                "lower max_workers or raise max_requests_per_minute"
             )
 
 
