@@ -401,6 +401,10 @@ class ProcessorConfig:
     (and `async_batch_llm.report`) show them. ``None``: record no timeline."""
 
     def __post_init__(self) -> None:
+        # Set as an ordinary attribute, the same on every instance: reaching into
+        # ``__dict__`` instead would turn every later field read (two per call) into a
+        # dictionary lookup.
+        self._warned: set[str] = set()
         self.validate()
 
     def validate(self) -> None:
@@ -431,7 +435,9 @@ class ProcessorConfig:
         """Log a WARNING for each legal combination that is probably a mistake, once per
         config object: it is checked again when a processor is built and when a batch
         starts (it may have been edited), and a user should read each warning once."""
-        warned: set[str] = self.__dict__.setdefault("_warned", set())
+        warned = getattr(self, "_warned", None)
+        if warned is None:  # made without __init__ (a copy's state, a subclass)
+            warned = self._warned = set()
         for message in self._suspicious_values():
             if message not in warned:
                 warned.add(message)
