@@ -401,10 +401,6 @@ class ProcessorConfig:
     (and `async_batch_llm.report`) show them. ``None``: record no timeline."""
 
     def __post_init__(self) -> None:
-        # Set as an ordinary attribute, the same on every instance: reaching into
-        # ``__dict__`` instead would turn every later field read (two per call) into a
-        # dictionary lookup.
-        self._warned: set[str] = set()
         self.validate()
 
     def validate(self) -> None:
@@ -435,9 +431,13 @@ class ProcessorConfig:
         """Log a WARNING for each legal combination that is probably a mistake, once per
         config object: it is checked again when a processor is built and when a batch
         starts (it may have been edited), and a user should read each warning once."""
-        warned = getattr(self, "_warned", None)
-        if warned is None:  # made without __init__ (a copy's state, a subclass)
-            warned = self._warned = set()
+        # An ordinary attribute, set at the first check (during __init__, or later for an
+        # instance made otherwise): reaching into ``__dict__`` would turn every later field
+        # read, two per call, into a dictionary lookup.
+        warned: set[str] | None = getattr(self, "_warned", None)
+        if warned is None:
+            warned = set()
+            self._warned: set[str] = warned
         for message in self._suspicious_values():
             if message not in warned:
                 warned.add(message)
